@@ -1,0 +1,31 @@
+# Developer entry points. VENV can be overridden: `make test VENV=.ci-venv`.
+VENV ?= .venv
+PYTHON ?= python3
+STAMP := $(VENV)/.installed
+LINT_PATHS := kerasish tests examples
+
+.PHONY: venv demo test lint clean
+
+venv: $(STAMP)
+
+# Reinstall only when the dependency declarations change; otherwise re-runs are instant.
+$(STAMP): setup.cfg pyproject.toml constraints.txt
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install -c constraints.txt -e ".[dev]"
+	touch $@
+
+demo: $(STAMP)
+	$(VENV)/bin/python examples/digits_mlp.py
+
+test: $(STAMP)
+	$(VENV)/bin/python -m pytest
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check $(LINT_PATHS)
+	$(VENV)/bin/ruff format --check $(LINT_PATHS)
+
+# Build byproducts and caches only; the venvs stay (delete them by hand to force a reinstall).
+clean:
+	rm -rf build dist *.egg-info .pytest_cache .ruff_cache
+	find . \( -path ./$(VENV) -o -path ./.venv -o -path ./.ci-venv -o -path ./.git \) -prune \
+		-o -name __pycache__ -type d -exec rm -rf {} +
