@@ -1,0 +1,21 @@
+"""kerasish: a Keras-style ``fit`` / ``evaluate`` / ``predict`` for PyTorch, written once and out of your way."""
+
+from kerasish.callbacks import BestWeights, Callback, EarlyStopping, ModelCheckpoint
+from kerasish.model import KerasModel
+from kerasish.monitor import BestSoFar, Monitor
+from kerasish.runners import EpochRunner, StepRunner
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BestSoFar",
+    "BestWeights",
+    "Callback",
+    "EarlyStopping",
+    "EpochRunner",
+    "KerasModel",
+    "ModelCheckpoint",
+    "Monitor",
+    "StepRunner",
+    "__version__",
+]

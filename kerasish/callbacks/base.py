@@ -1,0 +1,115 @@
+"""The hook class every callback derives from, and the list that calls them in order."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from kerasish.model import KerasModel
+
+Logs = dict[str, Any]
+
+HOOKS = (
+    "on_fit_begin",
+    "on_epoch_begin",
+    "on_train_batch_begin",
+    "on_train_batch_end",
+    "on_val_batch_begin",
+    "on_val_batch_end",
+    "on_epoch_end",
+    "on_fit_end",
+)
+
+
+class Callback:
+    """Hooks into ``fit``; every hook does nothing until a subclass overrides it.
+
+    Each hook receives the :class:`~kerasish.KerasModel` and a dict of logs. In one fit they run in this order::
+
+        on_fit_begin          logs: {}
+        per epoch:
+          on_epoch_begin      logs: {"epoch": 1-based epoch}
+          per train batch:
+            on_train_batch_begin / on_train_batch_end   logs: {"epoch", "batch": 0-based index}
+                                                        (end adds "loss": the batch's detached loss tensor and "size")
+          per val batch:
+            on_val_batch_begin / on_val_batch_end       same keys
+          on_epoch_end        logs: the epoch's history row (epoch, train_*, val_*, lr, time)
+        on_fit_end            logs: the last finished epoch's row ({} if none finished); runs however fit ends
+
+    Batch hooks that no callback overrides cost nothing per step. Reading ``logs["loss"]`` as a number (``.item()``)
+    waits for the device, so a callback that does it each batch slows training on a GPU.
+
+    Set ``model.stop_training = True`` to end the fit after the current epoch. Callbacks with per-run state reset it
+    in :meth:`on_fit_begin`, so one instance can serve several fits.
+
+    Example:
+        >>> class PrintLoss(Callback):
+        ...     def on_epoch_end(self, model, logs):
+        ...         print(f"epoch {logs['epoch']}: {logs['train_loss']:.3f}")
+    """
+
+    def on_fit_begin(self, model: KerasModel, logs: Logs) -> None:
+        """Before the first epoch."""
+
+    def on_fit_end(self, model: KerasModel, logs: Logs) -> None:
+        """After the last epoch, also when fit ends early, on Ctrl-C or on an exception."""
+
+    def on_epoch_begin(self, model: KerasModel, logs: Logs) -> None:
+        """Before an epoch's train pass."""
+
+    def on_epoch_end(self, model: KerasModel, logs: Logs) -> None:
+        """After an epoch's train and val passes, with its history row."""
+
+    def on_train_batch_begin(self, model: KerasModel, logs: Logs) -> None:
+        """Before a training step."""
+
+    def on_train_batch_end(self, model: KerasModel, logs: Logs) -> None:
+        """After a training step."""
+
+    def on_val_batch_begin(self, model: KerasModel, logs: Logs) -> None:
+        """Before a validation step."""
+
+    def on_val_batch_end(self, model: KerasModel, logs: Logs) -> None:
+        """After a validation step."""
+
+
+class CallbackList:
+    """Calls each hook on the callbacks in order; knows which hooks anyone overrides."""
+
+    def __init__(self, callbacks: Iterable[Callback] = ()) -> None:
+        self.callbacks = list(callbacks)
+        for callback in self.callbacks:
+            if not isinstance(callback, Callback):
+                raise TypeError(
+                    f"callbacks must be kerasish.Callback instances; got {type(callback).__name__}: {callback!r}"
+                )
+        # Decided once, so a hook nobody overrides costs one falsy check per batch.
+        self._overriders = {
+            hook: [cb for cb in self.callbacks if getattr(type(cb), hook) is not getattr(Callback, hook)]
+            for hook in HOOKS
+        }
+
+    def overrides(self, hook: str) -> bool:
+        """Whether any callback overrides ``hook``."""
+        return bool(self._overriders[hook])
+
+    def call(self, hook: str, model: KerasModel, logs: Logs) -> None:
+        """Runs ``hook`` on every callback that overrides it, in order."""
+        for callback in self._overriders[hook]:
+            getattr(callback, hook)(model, logs)
+
+    def call_all(self, hook: str, model: KerasModel, logs: Logs) -> None:
+        """Like :meth:`call`, but every callback runs even if one raises; the first error is raised at the end.
+
+        For ``on_fit_end``: a user callback that fails must not keep the best weights from being restored.
+        """
+        first_error: BaseException | None = None
+        for callback in self._overriders[hook]:
+            try:
+                getattr(callback, hook)(model, logs)
+            except BaseException as err:  # re-raised below, after the others have run
+                first_error = first_error or err
+        if first_error is not None:
+            raise first_error

@@ -1,0 +1,45 @@
+"""Writing and reading weights on disk: atomic writes, and loads that never run pickled code."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> None:
+    """Writes ``obj`` with ``torch.save`` to a temporary file beside ``path``, then renames it into place.
+
+    A crash or Ctrl-C mid-write leaves the previous file at ``path`` whole; a reader never sees half a checkpoint.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_weights(path: str | os.PathLike, device: torch.device) -> dict[str, torch.Tensor]:
+    """Reads a state dict written by :func:`atomic_save`, with ``weights_only=True`` so no pickled code runs."""
+    return torch.load(path, map_location=device, weights_only=True)
+
+
+def check_writable(path: str | os.PathLike, argument: str) -> Path:
+    """Fails early, naming ``argument``, when ``path`` could not be written at the end of an epoch."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{argument}={str(path)!r} is a directory; give a file path such as {str(path / 'best.pt')!r}")
+    if not path.parent.is_dir():
+        raise ValueError(f"{argument}={str(path)!r}: the directory {str(path.parent)!r} does not exist")
+    if not os.access(path.parent, os.W_OK):
+        raise ValueError(f"{argument}={str(path)!r}: the directory {str(path.parent)!r} is not writable")
+    return path

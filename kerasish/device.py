@@ -1,0 +1,55 @@
+"""Where the net, the metrics and every batch live."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """Returns ``device`` as a ``torch.device``; ``None`` picks cuda, else mps, else cpu.
+
+    Raises:
+        TypeError: ``device`` is neither ``None``, a string nor a ``torch.device``.
+        ValueError: the string names no device torch knows.
+    """
+    if device is None:
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if not isinstance(device, (str, torch.device)):
+        raise TypeError(f"device must be None, a string or a torch.device; got {device!r}")
+    try:
+        return torch.device(device)
+    except RuntimeError as err:
+        raise ValueError(f"device={device!r} is not a device torch knows ({err})") from None
+
+
+def to_device(data: Any, device: torch.device) -> Any:
+    """Moves every tensor inside ``data`` (nested tuples, lists and mappings) to ``device``.
+
+    Objects with their own ``.to`` (a Hugging Face ``BatchEncoding``) are moved by it; anything else is returned
+    as it is. ``non_blocking`` lets a copy from pinned memory overlap with compute.
+    """
+    if isinstance(data, torch.Tensor):
+        return data.to(device, non_blocking=True)
+    if isinstance(data, (tuple, list)):
+        return type(data)(to_device(item, device) for item in data)
+    if isinstance(data, Mapping):
+        return {key: to_device(value, device) for key, value in data.items()}
+    if callable(getattr(data, "to", None)):
+        return data.to(device)
+    return data
+
+
+def move_optimizer_state(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
+    """Puts an optimizer's state (Adam's moments, say) on ``device``, next to the parameters it updates."""
+    for state in optimizer.state.values():
+        for key, value in state.items():
+            # Adam keeps its 'step' counter on the CPU unless it runs capturable or fused; leave such scalars be.
+            if isinstance(value, torch.Tensor) and value.dim() > 0:
+                state[key] = value.to(device)

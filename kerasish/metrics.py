@@ -1,0 +1,109 @@
+"""Per-pass accumulation of the loss and the metrics, kept on the device until the pass ends.
+
+Nothing here reads a value back to the host inside a step: sums stay device tensors, sample counts are Python ints
+taken from shapes, and :meth:`MetricSet.compute` converts everything to floats with a single transfer.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+from torchmetrics import Metric
+
+MetricFn = Callable[[Any, Any], torch.Tensor]
+MetricLike = Metric | MetricFn
+
+
+def check_metrics(metrics_dict: Mapping[str, MetricLike] | None) -> dict[str, MetricLike]:
+    """Validates ``metrics_dict`` and returns it as a plain dict."""
+    if metrics_dict is None:
+        return {}
+    if not isinstance(metrics_dict, Mapping):
+        raise TypeError(f"metrics_dict must be a dict of name -> metric; got {type(metrics_dict).__name__}")
+    for name, metric in metrics_dict.items():
+        if not isinstance(name, str) or not name.isidentifier():
+            raise ValueError(f"metrics_dict key {name!r} is not valid; use a name like 'acc' or 'f1_macro'")
+        if name == "loss":
+            raise ValueError("metrics_dict key 'loss' is taken by the loss itself; pick another name")
+        if not (isinstance(metric, Metric) or callable(metric)):
+            raise TypeError(
+                f"metrics_dict[{name!r}] must be a torchmetrics Metric or a callable fn(preds, labels) -> tensor; "
+                f"got {type(metric).__name__}"
+            )
+    return dict(metrics_dict)
+
+
+class MetricSet:
+    """The loss and metrics of one stage (train or val), accumulated over one pass.
+
+    The loss and plain-callable metrics are averaged weighted by samples, so a short last batch counts for what
+    it holds. A torchmetrics ``Metric`` gets ``update`` each step and ``compute`` once per pass; each ``MetricSet``
+    owns its own copy, so train and val state never mix.
+
+    Args:
+        metrics: name -> torchmetrics ``Metric`` or ``fn(preds, labels) -> tensor``.
+        device: where the sums and the metrics' state live.
+    """
+
+    def __init__(self, metrics: Mapping[str, MetricLike], device: torch.device) -> None:
+        self.device = device
+        # MPS has no float64; elsewhere float64 sums keep a long epoch's mean exact to float32 precision.
+        self.dtype = torch.float32 if device.type == "mps" else torch.float64
+        self.stateful = {n: m.clone().to(device) for n, m in metrics.items() if isinstance(m, Metric)}
+        self.functions = {n: m for n, m in metrics.items() if not isinstance(m, Metric)}
+        self.names = list(metrics)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forgets the pass so far."""
+        zero = torch.zeros((), dtype=self.dtype, device=self.device)
+        self.loss_sum = zero.clone()
+        self.samples = 0
+        self.labelled = 0
+        self.fn_sums = {name: zero.clone() for name in self.functions}
+        for metric in self.stateful.values():
+            metric.reset()
+
+    def update(self, loss: torch.Tensor, preds: Any, labels: Any, size: int) -> None:
+        """Adds one batch of ``size`` samples; ``labels=None`` leaves the metrics untouched."""
+        self.loss_sum.add_(loss.detach(), alpha=size)
+        self.samples += size
+        if labels is None or not self.names:
+            return
+        self.labelled += size
+        with torch.no_grad():
+            for metric in self.stateful.values():
+                metric.update(preds, labels)
+            for name, fn in self.functions.items():
+                self.fn_sums[name].add_(_scalar(fn(preds, labels), name).detach(), alpha=size)
+
+    def running_loss(self) -> float:
+        """The mean loss so far. A host sync: for throttled progress displays only."""
+        return (self.loss_sum / max(self.samples, 1)).item()
+
+    def compute(self, prefix: str) -> dict[str, float]:
+        """The pass's ``{prefix}_loss`` and ``{prefix}_<metric>`` as floats, read back in one transfer."""
+        values = {"loss": self.loss_sum / self.samples if self.samples else None}
+        for name in self.names:
+            if not self.labelled:
+                values[name] = None
+            elif name in self.stateful:
+                values[name] = _scalar(self.stateful[name].compute(), name)
+            else:
+                values[name] = self.fn_sums[name] / self.labelled
+        present = [v for v in values.values() if v is not None]
+        floats = iter(torch.stack([v.to(self.device, self.dtype) for v in present]).tolist() if present else ())
+        return {f"{prefix}_{name}": math.nan if v is None else next(floats) for name, v in values.items()}
+
+
+def _scalar(value: Any, name: str) -> torch.Tensor:
+    if not isinstance(value, torch.Tensor) or value.numel() != 1:
+        shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+        raise TypeError(
+            f"metric {name!r} computed {shape}, not a single number; a history column needs a scalar "
+            "(for torchmetrics classification metrics, use average='micro' or 'macro')"
+        )
+    return value.reshape(())

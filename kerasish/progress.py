@@ -1,0 +1,65 @@
+"""What ``verbose=1`` shows: a bar per pass, a line per epoch. ``verbose=0`` shows nothing."""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections.abc import Callable
+
+from tqdm.auto import tqdm
+
+# The bar's loss is read from the device (a host sync) at most this often.
+REFRESH_SECONDS = 0.5
+
+
+def say(message: str) -> None:
+    """Prints a line to stdout without tearing an open progress bar."""
+    tqdm.write(message, file=sys.stdout)
+
+
+def format_logs(logs: dict) -> str:
+    """``train_loss=0.1234  val_acc=0.9650  lr=0.001  (1.2 s)``: an epoch's numbers on one line."""
+    parts = [f"{key}={_number(value)}" for key, value in logs.items() if key not in ("epoch", "time")]
+    if "time" in logs:
+        parts.append(f"({logs['time']:.1f} s)")
+    return "  ".join(parts)
+
+
+def _number(value: object) -> str:
+    if isinstance(value, float) and math.isfinite(value):
+        return f"{value:.4g}" if abs(value) < 1e-3 else f"{value:.4f}"
+    return str(value)
+
+
+class PassProgress:
+    """A progress bar over one pass, whose loss figure refreshes at most every :data:`REFRESH_SECONDS`.
+
+    With ``enabled=False`` every method is a no-op and nothing is printed.
+
+    Args:
+        enabled: whether to show anything.
+        description: the bar's label, e.g. ``"epoch 3/20 train"``.
+        total: the number of batches, or ``None`` when the loader has no length.
+        read_loss: returns the running loss; called only when the figure refreshes.
+    """
+
+    def __init__(self, *, enabled: bool, description: str, total: int | None, read_loss: Callable[[], float]) -> None:
+        self.bar = tqdm(total=total, desc=description, leave=False, dynamic_ncols=True) if enabled else None
+        self.read_loss = read_loss
+        self.next_refresh = time.monotonic() + REFRESH_SECONDS
+
+    def step(self) -> None:
+        """Advances the bar by one batch."""
+        if self.bar is None:
+            return
+        self.bar.update()
+        now = time.monotonic()
+        if now >= self.next_refresh:
+            self.next_refresh = now + REFRESH_SECONDS
+            self.bar.set_postfix_str(f"loss={self.read_loss():.4f}", refresh=False)  # sync point, throttled
+
+    def close(self) -> None:
+        """Removes the bar."""
+        if self.bar is not None:
+            self.bar.close()
