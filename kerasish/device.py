@@ -33,23 +33,28 @@ def to_device(data: Any, device: torch.device) -> Any:
     """Moves every tensor inside ``data`` (nested tuples, lists and mappings) to ``device``.
 
     Objects with their own ``.to`` (a Hugging Face ``BatchEncoding``) are moved by it; anything else is returned
-    as it is. ``non_blocking`` lets a copy from pinned memory overlap with compute.
+    as it is. Copies to an accelerator are non-blocking, so a copy from pinned memory overlaps with compute; copies
+    to the CPU block, since the host reads them at once.
     """
     if isinstance(data, torch.Tensor):
-        return data.to(device, non_blocking=True)
+        return data.to(device, non_blocking=device.type != "cpu")
+    if isinstance(data, tuple) and hasattr(data, "_fields"):  # a namedtuple takes its fields as arguments
+        return type(data)(*(to_device(item, device) for item in data))
     if isinstance(data, (tuple, list)):
         return type(data)(to_device(item, device) for item in data)
-    if isinstance(data, Mapping):
-        return {key: to_device(value, device) for key, value in data.items()}
     if callable(getattr(data, "to", None)):
         return data.to(device)
+    if isinstance(data, Mapping):
+        return {key: to_device(value, device) for key, value in data.items()}
     return data
 
 
 def move_optimizer_state(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
     """Puts an optimizer's state (Adam's moments, say) on ``device``, next to the parameters it updates."""
+    # Adam and its kin keep a 0-d 'step' counter on the host, unless capturable or fused, where it sits beside the
+    # parameters: move it only then.
+    move_scalars = any(group.get("capturable") or group.get("fused") for group in optimizer.param_groups)
     for state in optimizer.state.values():
         for key, value in state.items():
-            # Adam keeps its 'step' counter on the CPU unless it runs capturable or fused; leave such scalars be.
-            if isinstance(value, torch.Tensor) and value.dim() > 0:
+            if isinstance(value, torch.Tensor) and (value.dim() > 0 or move_scalars):
                 state[key] = value.to(device)
