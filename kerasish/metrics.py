@@ -7,13 +7,14 @@ taken from shapes, and :meth:`MetricSet.compute` converts everything to floats w
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 from torchmetrics import Metric
 
-MetricFn = Callable[[Any, Any], torch.Tensor]
+MetricFn = Callable[[Any, Any], torch.Tensor | float]
 MetricLike = Metric | MetricFn
 
 
@@ -78,7 +79,11 @@ class MetricSet:
             for metric in self.stateful.values():
                 metric.update(preds, labels)
             for name, fn in self.functions.items():
-                self.fn_sums[name].add_(_scalar(fn(preds, labels), name).detach(), alpha=size)
+                value = fn(preds, labels)
+                if isinstance(value, numbers.Real):
+                    self.fn_sums[name].add_(value * size)
+                else:
+                    self.fn_sums[name].add_(_scalar(value, name).detach(), alpha=size)
 
     def running_loss(self) -> float:
         """The mean loss so far. A host sync: for throttled progress displays only."""

@@ -28,7 +28,7 @@ class Monitor:
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"mode={self.mode!r} is not valid; use 'min' or 'max'")
-        if not isinstance(self.min_delta, (int, float)) or not self.min_delta >= 0:
+        if isinstance(self.min_delta, bool) or not isinstance(self.min_delta, (int, float)) or not self.min_delta >= 0:
             raise ValueError(f"min_delta={self.min_delta!r} is not valid; use a number >= 0")
 
     def improved(self, value: float, best: float | None) -> bool:
