@@ -19,10 +19,11 @@ def say(message: str) -> None:
 
 
 def format_logs(logs: dict) -> str:
-    """``train_loss=0.1234  val_acc=0.9650  lr=0.001  (1.2 s)``: an epoch's numbers on one line."""
+    """``train_loss=0.1234  val_acc=0.9650  lr=0.0010  (42 ms)``: an epoch's numbers on one line."""
     parts = [f"{key}={_number(value)}" for key, value in logs.items() if key not in ("epoch", "time")]
     if "time" in logs:
-        parts.append(f"({logs['time']:.1f} s)")
+        seconds = logs["time"]
+        parts.append(f"({seconds * 1e3:.0f} ms)" if seconds < 1 else f"({seconds:.1f} s)")
     return "  ".join(parts)
 
 
