@@ -127,7 +127,7 @@ class KerasModel:
             ValueError, TypeError: a bad argument, before any training step.
         """
         monitor = monitor or ("val_loss" if val_data is not None else "train_loss")
-        self._check_fit_args(train_data, val_data, epochs=epochs, monitor=monitor, mode=mode, verbose=verbose)
+        columns = self._check_fit_args(train_data, val_data, epochs=epochs, monitor=monitor, mode=mode, verbose=verbose)
         callbacks = CallbackList(
             [
                 *self._builtin_callbacks(ckpt_path, patience, Monitor(monitor, mode, min_delta), verbose),
@@ -138,7 +138,7 @@ class KerasModel:
             self.optimizer = _default_optimizer(self.net)
         train_pass = self._epoch_runner("train", callbacks, verbose)
         val_pass = None if val_data is None else self._epoch_runner("val", callbacks, verbose)
-        history = History(history_columns(self.metrics_dict, has_val=val_data is not None))
+        history = History(columns)
         self.history, self.stop_training, logs = history.frame, False, {}
         callbacks.call("on_fit_begin", self, {})
         try:
@@ -203,7 +203,8 @@ class KerasModel:
         """
         self.net.load_state_dict(load_weights(path, self.device))
 
-    def _check_fit_args(self, train_data, val_data, *, epochs, monitor, mode, verbose) -> None:
+    def _check_fit_args(self, train_data, val_data, *, epochs, monitor, mode, verbose) -> list[str]:
+        """Raises on any bad argument; returns the history's columns."""
         if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
             raise ValueError(f"epochs={epochs!r} is not valid; use an int >= 1")
         if verbose not in (0, 1):
@@ -212,21 +213,18 @@ class KerasModel:
         if val_data is not None:
             _check_loader(val_data, "val_data")
         columns = history_columns(self.metrics_dict, has_val=val_data is not None)
-        if (
-            monitor.startswith("val_")
-            and val_data is None
-            and monitor in history_columns(self.metrics_dict, has_val=True)
-        ):
-            raise ValueError(
-                f"monitor={monitor!r} needs val_data, but val_data is None; monitor a train_* column instead"
-            )
         if monitor not in columns:
+            if val_data is None and monitor in history_columns(self.metrics_dict, has_val=True):
+                raise ValueError(
+                    f"monitor={monitor!r} needs val_data, but val_data is None; monitor a train_* column instead"
+                )
             raise ValueError(f"monitor={monitor!r} is not a history column; available: {', '.join(columns)}")
         if isinstance(self.lr_scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau) and self.lr_scheduler.mode != mode:
             raise ValueError(
                 f"lr_scheduler is ReduceLROnPlateau(mode={self.lr_scheduler.mode!r}) but fit has mode={mode!r} for "
                 f"monitor={monitor!r}; make them agree"
             )
+        return columns
 
     def _builtin_callbacks(self, ckpt_path, patience, monitor: Monitor, verbose: int) -> list[Callback]:
         args = (monitor.name, monitor.mode, monitor.min_delta)
@@ -284,11 +282,8 @@ def _check_model_args(net, loss_fn, optimizer, lr_scheduler, scheduler_interval)
 def _check_loader(data: Any, argument: str) -> None:
     if data is None or not isinstance(data, Iterable) or isinstance(data, (torch.Tensor, str, Mapping)):
         raise TypeError(f"{argument} must be an iterable of batches such as a DataLoader; got {type(data).__name__}")
-    try:
-        empty = len(data) == 0
-    except TypeError:  # an IterableDataset's loader has no length; an empty one is caught after its pass
-        return
-    if empty:
+    # A loader without length (an IterableDataset's) that turns out empty is caught after its pass.
+    if runners.loader_length(data) == 0:
         raise ValueError(f"{argument} is empty: it has 0 batches (check the dataset size, batch_size and drop_last)")
 
 

@@ -159,7 +159,7 @@ class EpochRunner:
         progress = PassProgress(
             enabled=self.verbose >= 1,
             description=self.stage if epoch is None else f"epoch {epoch}/{epochs} {self.stage}",
-            total=_length(loader),
+            total=loader_length(loader),
             read_loss=metrics.running_loss,
         )
         batches = 0
@@ -180,7 +180,8 @@ class EpochRunner:
         return metrics.compute(self.stage)
 
 
-def _length(loader: Iterable) -> int | None:
+def loader_length(loader: Iterable) -> int | None:
+    """The number of batches a loader yields, or ``None`` when it has no length (an ``IterableDataset``'s)."""
     try:
         return len(loader)
     except TypeError:
