@@ -169,10 +169,12 @@ class EpochRunner:
                     if call_begin:
                         self.callbacks.call(begin_hook, self.model, {"epoch": epoch, "batch": batches - 1})
                     loss, size = self.step_runner(batch)
+                    progress.step()
                     if call_end:
                         logs = {"epoch": epoch, "batch": batches - 1, "loss": loss, "size": size}
                         self.callbacks.call(end_hook, self.model, logs)
-                    progress.step()
+                        if getattr(self.model, "stop_training", False):
+                            break
             finally:
                 progress.close()
         if batches == 0:

@@ -53,6 +53,18 @@ class Recorder(Callback):
     def on_val_batch_end(self, model, logs):
         self._record("on_val_batch_end", logs)
 
+    def on_predict_begin(self, model, logs):
+        self._record("on_predict_begin", logs)
+
+    def on_predict_batch_begin(self, model, logs):
+        self._record("on_predict_batch_begin", logs)
+
+    def on_predict_batch_end(self, model, logs):
+        self._record("on_predict_batch_end", logs)
+
+    def on_predict_end(self, model, logs):
+        self._record("on_predict_end", logs)
+
 
 class EpochTag(Callback):
     """Writes the epoch number into the net's ``tag`` buffer at each epoch's start, so weights record their epoch."""

@@ -19,6 +19,10 @@ HOOKS = (
     "on_val_batch_end",
     "on_epoch_end",
     "on_fit_end",
+    "on_predict_begin",
+    "on_predict_batch_begin",
+    "on_predict_batch_end",
+    "on_predict_end",
 )
 
 
@@ -38,11 +42,22 @@ class Callback:
           on_epoch_end        logs: the epoch's history row (epoch, train_*, val_*, lr, time)
         on_fit_end            logs: the last finished epoch's row ({} if none finished); runs however fit ends
 
+    and in ``predict(data, callbacks=[...])``::
+
+        on_predict_begin                                logs: {}
+        per batch:
+          on_predict_batch_begin / on_predict_batch_end logs: {"batch": 0-based index}
+                                                        (end adds "outputs": the batch's predictions, on the device)
+        on_predict_end                                  logs: {"batches": how many}; runs however predict ends
+
     Batch hooks that no callback overrides cost nothing per step. Reading ``logs["loss"]`` as a number (``.item()``)
     waits for the device, so a callback that does it each batch slows training on a GPU.
 
-    Set ``model.stop_training = True`` to end the fit after the current epoch. Callbacks with per-run state reset it
-    in :meth:`on_fit_begin`, so one instance can serve several fits.
+    Set ``model.stop_training = True`` to end the fit after the current epoch; set in a train batch hook, it also ends
+    the train pass after that batch (the val pass and ``on_epoch_end`` still run, so the epoch gets its row).
+
+    Callbacks with per-run state reset it in :meth:`on_fit_begin`, so one instance can serve several fits, and save
+    and load it with :meth:`state_dict` / :meth:`load_state_dict`, so a resumed fit carries on where it stopped.
 
     Example:
         >>> class PrintLoss(Callback):
@@ -74,6 +89,28 @@ class Callback:
     def on_val_batch_end(self, model: KerasModel, logs: Logs) -> None:
         """After a validation step."""
 
+    def on_predict_begin(self, model: KerasModel, logs: Logs) -> None:
+        """Before the first batch of ``predict``."""
+
+    def on_predict_batch_begin(self, model: KerasModel, logs: Logs) -> None:
+        """Before a batch of ``predict``."""
+
+    def on_predict_batch_end(self, model: KerasModel, logs: Logs) -> None:
+        """After a batch of ``predict``."""
+
+    def on_predict_end(self, model: KerasModel, logs: Logs) -> None:
+        """After ``predict``'s last batch, also when it ends on an exception."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """The callback's per-run state (plain values and tensors, so ``torch.save`` with weights-only loading
+        can hold it); ``{}`` for a callback without any."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Takes back what :meth:`state_dict` returned; call it after ``on_fit_begin`` has reset the callback."""
+        if state:
+            raise ValueError(f"{type(self).__name__} keeps no state; got a state with keys {sorted(state)}")
+
 
 class CallbackList:
     """Calls each hook on the callbacks in order; knows which hooks anyone overrides."""
@@ -86,10 +123,7 @@ class CallbackList:
                     f"callbacks must be kerasish.Callback instances; got {type(callback).__name__}: {callback!r}"
                 )
         # Decided once, so a hook nobody overrides costs one falsy check per batch.
-        self._overriders = {
-            hook: [cb for cb in self.callbacks if getattr(type(cb), hook) is not getattr(Callback, hook)]
-            for hook in HOOKS
-        }
+        self._overriders = {hook: [cb for cb in self.callbacks if _overrides(cb, hook)] for hook in HOOKS}
 
     def overrides(self, hook: str) -> bool:
         """Whether any callback overrides ``hook``."""
@@ -113,3 +147,9 @@ class CallbackList:
                 first_error = first_error or err
         if first_error is not None:
             raise first_error
+
+
+def _overrides(callback: Callback, hook: str) -> bool:
+    """Whether ``callback`` has its own ``hook``: a method of a subclass, or a function set on the instance."""
+    implementation = getattr(callback, hook)
+    return getattr(implementation, "__func__", implementation) is not getattr(Callback, hook)
