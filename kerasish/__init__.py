@@ -1,6 +1,6 @@
 """kerasish: a Keras-style ``fit`` / ``evaluate`` / ``predict`` for PyTorch, written once and out of your way."""
 
-from kerasish.callbacks import BestWeights, Callback, EarlyStopping, ModelCheckpoint
+from kerasish.callbacks import BestWeights, Callback, EarlyStopping, ModelCheckpoint, ReduceLROnPlateau
 from kerasish.model import KerasModel
 from kerasish.monitor import BestSoFar, Monitor
 from kerasish.runners import EpochRunner, StepRunner
@@ -16,6 +16,7 @@ __all__ = [
     "KerasModel",
     "ModelCheckpoint",
     "Monitor",
+    "ReduceLROnPlateau",
     "StepRunner",
     "__version__",
 ]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -19,30 +19,58 @@ class BestWeights(Callback):
 
     The restore happens however the fit ends: epochs used up, an early stop, Ctrl-C, or an exception from a callback.
     The copy lives in host memory, so it costs no accelerator memory; loading it back copies into the net's own
-    parameters, which stay on their device. ``fit`` always builds one of these.
+    parameters, which stay on their device (an optimizer built over them keeps working). ``fit`` builds one of these
+    unless ``restore_best_weights=False``. What counts as an improvement is :class:`~kerasish.Monitor`'s rule, shared
+    with early stopping and the checkpoint.
 
     Args:
-        monitor: a history column.
+        monitor: a history column; checked against the fit's columns when the fit begins.
         mode: ``"min"`` or ``"max"``.
         min_delta: how much a value must beat the best by to count as an improvement.
+        delta_mode: ``"abs"``: ``min_delta`` is an amount; ``"rel"``: a fraction of ``abs(best)``.
         verbose: print a line when restoring.
 
+    Attributes:
+        best: the :class:`~kerasish.BestSoFar` of this fit (value and epoch).
+        weights: the host copy of the best epoch's ``state_dict``, or ``None`` before any epoch improved.
+
     Example:
+        >>> from types import SimpleNamespace
+        >>> import torch
         >>> from kerasish import BestWeights
-        >>> keep = BestWeights("val_acc", mode="max")
+        >>> model = SimpleNamespace(net=torch.nn.Linear(1, 1, bias=False))
+        >>> keep = BestWeights("val_loss")
+        >>> keep.on_fit_begin(model, {})
+        >>> for epoch, loss in enumerate([0.5, 0.3, 0.4], start=1):
+        ...     _ = model.net.weight.data.fill_(epoch)  # weights that say which epoch made them
+        ...     keep.on_epoch_end(model, {"epoch": epoch, "val_loss": loss})
+        >>> keep.on_fit_end(model, {})
+        >>> model.net.weight.item(), keep.best.epoch
+        (2.0, 2)
     """
 
-    def __init__(self, monitor: str = "val_loss", mode: str = "min", min_delta: float = 0.0, verbose: int = 0) -> None:
-        self.best = BestSoFar(Monitor(monitor, mode, min_delta))
+    def __init__(
+        self,
+        monitor: str = "val_loss",
+        mode: str = "min",
+        min_delta: float = 0.0,
+        *,
+        delta_mode: str = "abs",
+        verbose: int = 0,
+    ) -> None:
+        self.best = BestSoFar(Monitor(monitor, mode, min_delta, delta_mode))
         self.verbose = verbose
         self.on_fit_begin(None, {})
 
     def on_fit_begin(self, model: KerasModel | None, logs: Logs) -> None:
+        if model is not None and hasattr(model, "history"):
+            self.best.monitor.check(model.history.columns, type(self).__name__)
         self.best.reset()
         self.weights: dict[str, torch.Tensor] | None = None
 
     def on_epoch_end(self, model: KerasModel, logs: Logs) -> None:
         if self.best.update(logs):
+            # A new dict each time, never filled in place: a state_dict handed out earlier keeps its epoch's weights.
             self.weights = {k: v.detach().to("cpu", copy=True) for k, v in model.net.state_dict().items()}
 
     def on_fit_end(self, model: KerasModel, logs: Logs) -> None:
@@ -51,3 +79,16 @@ class BestWeights(Callback):
         model.net.load_state_dict(self.weights)
         if self.verbose:
             say(f"restored the weights of epoch {self.best.epoch} ({self.best.monitor.name}={self.best.value:.4f})")
+
+    def state_dict(self) -> dict[str, Any]:
+        """``{"best": BestSoFar state, "weights": the host copy or None}``."""
+        return {"best": self.best.state_dict(), "weights": self.weights}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Takes back what :meth:`state_dict` returned; the weights stay on the host, whatever device they came on."""
+        missing = {"best", "weights"} - set(state)
+        if missing:
+            raise ValueError(f"BestWeights state lacks {sorted(missing)}; got keys {sorted(state)}")
+        self.best.load_state_dict(state["best"])
+        weights = state["weights"]
+        self.weights = None if weights is None else {k: v.detach().to("cpu") for k, v in weights.items()}

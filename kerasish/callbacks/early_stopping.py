@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import math
+import numbers
+from typing import TYPE_CHECKING, Any
 
 from kerasish.callbacks.base import Callback, Logs
+from kerasish.callbacks.best_weights import BestWeights
 from kerasish.monitor import BestSoFar, Monitor
 from kerasish.progress import say
 
@@ -18,47 +21,145 @@ class EarlyStopping(Callback):
     What counts as an improvement is :class:`~kerasish.Monitor`'s rule, the same one the best-weight restore and the
     checkpoint use, so all three agree on the best epoch. ``fit(patience=...)`` builds one of these.
 
+    The best is tracked from epoch 1 whatever ``baseline`` and ``start_from_epoch`` say: they only change which
+    epochs count toward ``patience``, never which epoch is the best, so the epoch this callback reports (and restores,
+    with ``restore_best_weights=True``) is the one the checkpoint and ``fit``'s own restore pick.
+
     Args:
-        monitor: a history column, e.g. ``"val_loss"`` or ``"val_acc"``.
+        monitor: a history column, e.g. ``"val_loss"`` or ``"val_acc"``; checked against the fit's columns when the
+            fit begins.
         mode: ``"min"`` or ``"max"``.
         min_delta: how much a value must beat the best by to count as an improvement.
+        delta_mode: ``"abs"``: ``min_delta`` is an amount; ``"rel"``: a fraction of ``abs(best)``.
         patience: how many epochs without improvement to allow; must be >= 1.
-        verbose: print a line when stopping.
+        baseline: a value the best must beat (by the same rule, ``min_delta`` included) before any epoch counts as an
+            improvement; a fit that never gets there stops after ``patience`` counted epochs. ``None``: no baseline.
+        start_from_epoch: epochs up to and including this one never count toward ``patience`` (a warm-up); 0 counts
+            every epoch.
+        restore_best_weights: also load the best epoch's weights back into the net when the fit ends, through a
+            :class:`~kerasish.BestWeights` with the same rule. Useful with ``fit(..., restore_best_weights=False)``.
+        verbose: print a line when stopping (and when restoring).
+
+    Attributes:
+        best: the :class:`~kerasish.BestSoFar` of this fit.
+        wait: counted epochs since the last improvement.
+        stopped_epoch: the epoch at which this callback stopped the fit, or ``None``.
 
     Example:
+        >>> from types import SimpleNamespace
         >>> from kerasish import EarlyStopping
-        >>> stop = EarlyStopping("val_acc", mode="max", patience=3)
+        >>> stop = EarlyStopping("val_acc", mode="max", patience=2)
+        >>> model = SimpleNamespace(stop_training=False)
+        >>> stop.on_fit_begin(model, {})
+        >>> for epoch, acc in enumerate([0.80, 0.90, 0.89, 0.90, 0.95], start=1):
+        ...     stop.on_epoch_end(model, {"epoch": epoch, "val_acc": acc})
+        ...     if model.stop_training:
+        ...         break
+        >>> stop.stopped_epoch, stop.best.epoch
+        (4, 2)
     """
 
     def __init__(
-        self, monitor: str = "val_loss", mode: str = "min", min_delta: float = 0.0, patience: int = 5, verbose: int = 0
+        self,
+        monitor: str = "val_loss",
+        mode: str = "min",
+        min_delta: float = 0.0,
+        *,
+        delta_mode: str = "abs",
+        patience: int = 5,
+        baseline: float | None = None,
+        start_from_epoch: int = 0,
+        restore_best_weights: bool = False,
+        verbose: int = 0,
     ) -> None:
-        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
-            raise ValueError(
-                f"patience={patience!r} is not valid; use an int >= 1 (or patience=None in fit to not stop)"
-            )
-        self.best = BestSoFar(Monitor(monitor, mode, min_delta))
+        _check_args(patience, baseline, start_from_epoch, restore_best_weights)
+        watched = Monitor(monitor, mode, min_delta, delta_mode)
+        self.best = BestSoFar(watched)
         self.patience = patience
+        self.baseline = None if baseline is None else float(baseline)
+        self.start_from_epoch = start_from_epoch
         self.verbose = verbose
+        self._restore = (
+            BestWeights(monitor, mode, min_delta, delta_mode=delta_mode, verbose=verbose)
+            if restore_best_weights
+            else None
+        )
         self.on_fit_begin(None, {})
 
+    @property
+    def restore_best_weights(self) -> bool:
+        """Whether the best epoch's weights are loaded back when the fit ends."""
+        return self._restore is not None
+
     def on_fit_begin(self, model: KerasModel | None, logs: Logs) -> None:
+        if model is not None and hasattr(model, "history"):
+            self.best.monitor.check(model.history.columns, type(self).__name__)
         self.best.reset()
         self.wait = 0
         self.stopped_epoch: int | None = None
+        if self._restore is not None:
+            self._restore.on_fit_begin(model, logs)
 
     def on_epoch_end(self, model: KerasModel, logs: Logs) -> None:
-        if self.best.update(logs):
+        if self._restore is not None:
+            self._restore.on_epoch_end(model, logs)
+        improved = self.best.update(logs) and self._beats_baseline()
+        if improved:
             self.wait = 0
+            return
+        if logs["epoch"] <= self.start_from_epoch:
             return
         self.wait += 1
         if self.wait >= self.patience:
             self.stopped_epoch = logs["epoch"]
             model.stop_training = True
             if self.verbose:
-                best = "none" if self.best.value is None else f"{self.best.value:.4f} at epoch {self.best.epoch}"
-                name = self.best.monitor.name
-                say(
-                    f"early stop at epoch {self.stopped_epoch}: {name} has not improved "
-                    f"for {self.wait} epochs (best {best})"
-                )
+                self._say_stop()
+
+    def on_fit_end(self, model: KerasModel, logs: Logs) -> None:
+        if self._restore is not None:
+            self._restore.on_fit_end(model, logs)
+
+    def state_dict(self) -> dict[str, Any]:
+        """``best``, ``wait``, ``stopped_epoch``, and with ``restore_best_weights`` the inner ``best_weights`` state."""
+        state = {"best": self.best.state_dict(), "wait": self.wait, "stopped_epoch": self.stopped_epoch}
+        if self._restore is not None:
+            state["best_weights"] = self._restore.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Takes back what :meth:`state_dict` returned, from an instance built with the same arguments."""
+        expected = {"best", "wait", "stopped_epoch"} | ({"best_weights"} if self._restore is not None else set())
+        if set(state) != expected:
+            raise ValueError(
+                f"EarlyStopping(restore_best_weights={self.restore_best_weights}) state needs the keys "
+                f"{sorted(expected)}; got {sorted(state)}"
+            )
+        self.best.load_state_dict(state["best"])
+        self.wait, self.stopped_epoch = state["wait"], state["stopped_epoch"]
+        if self._restore is not None:
+            self._restore.load_state_dict(state["best_weights"])
+
+    def _beats_baseline(self) -> bool:
+        # Bests only get better, so once the best beats the baseline every later best does too: no flag to keep.
+        return self.baseline is None or self.best.monitor.improved(self.best.value, self.baseline)
+
+    def _say_stop(self) -> None:
+        best = "none" if self.best.value is None else f"{self.best.value:.4f} at epoch {self.best.epoch}"
+        if self.best.value is not None and not self._beats_baseline():
+            best += f"; baseline {self.baseline:.4f} not reached"
+        name = self.best.monitor.name
+        say(f"early stop at epoch {self.stopped_epoch}: {name} has not improved for {self.wait} epochs (best {best})")
+
+
+def _check_args(patience: Any, baseline: Any, start_from_epoch: Any, restore_best_weights: Any) -> None:
+    if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
+        raise ValueError(f"patience={patience!r} is not valid; use an int >= 1 (or patience=None in fit to not stop)")
+    if baseline is not None and (
+        isinstance(baseline, bool) or not isinstance(baseline, numbers.Real) or not math.isfinite(baseline)
+    ):
+        raise ValueError(f"baseline={baseline!r} is not valid; use a finite number, or None for no baseline")
+    if isinstance(start_from_epoch, bool) or not isinstance(start_from_epoch, int) or start_from_epoch < 0:
+        raise ValueError(f"start_from_epoch={start_from_epoch!r} is not valid; use an int >= 0 (0: count every epoch)")
+    if not isinstance(restore_best_weights, bool):
+        raise ValueError(f"restore_best_weights={restore_best_weights!r} is not valid; use True or False")

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import math
 from types import SimpleNamespace
 
+import pandas as pd
 import pytest
 import torch
 
@@ -140,3 +142,81 @@ def test_verbose_0_prints_nothing(model, capsys):
     keep.on_fit_end(model, {})
     assert capsys.readouterr().out == ""
     assert model.net.tag.item() == 2
+
+
+@pytest.mark.parametrize(("values", "best_epoch"), [([-2.0, -2.1, -2.3], 3), ([-2.0, -2.1, -2.15], 1)])
+def test_relative_min_delta_with_negative_values(model, values, best_epoch):
+    keep = BestWeights("val_loss", min_delta=0.1, delta_mode="rel")  # the margin is 0.1 * |best| = 0.2
+    run_epochs(keep, model, values)
+    keep.on_fit_end(model, {})
+    assert model.net.tag.item() == best_epoch
+
+
+def test_monitor_typo_fails_when_the_fit_begins(model):
+    model.history = pd.DataFrame(columns=["epoch", "train_loss", "val_loss", "lr", "time"])
+    keep = BestWeights("val_acc", mode="max")
+    message = "BestWeights: monitor='val_acc' is not a history column of this fit; available: epoch, train_loss"
+    with pytest.raises(ValueError, match=f"^{message}"):
+        keep.on_fit_begin(model, {})
+
+
+def test_options_after_min_delta_are_keyword_only():
+    with pytest.raises(TypeError, match="positional"):
+        BestWeights("val_loss", "min", 0.0, "abs")
+
+
+def through_disk(state: dict) -> dict:
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=True)
+
+
+def test_state_dict_round_trips_through_weights_only_load(model):
+    keep = BestWeights()
+    assert through_disk(keep.state_dict()) == {"best": {"value": None, "epoch": None}, "weights": None}
+    run_epochs(keep, model, [0.5, 0.3, 0.4])
+    state = through_disk(keep.state_dict())
+    assert state["best"] == {"value": 0.3, "epoch": 2}
+    assert set(state["weights"]) == {"weight", "bias", "tag"}
+    assert torch.equal(state["weights"]["weight"], torch.full((1, 3), 2.0))
+
+
+@pytest.mark.parametrize(
+    ("values", "best_epoch"),
+    [([0.5, 0.3, 0.4, 0.35, 0.45], 2), ([0.5, 0.3, 0.4, 0.2, 0.25], 4), ([NAN, NAN, 0.4, NAN, 0.5], 3)],
+)
+def test_a_resumed_instance_restores_what_the_uninterrupted_one_does(values, best_epoch):
+    whole_model = SimpleNamespace(net=tagged_linear())
+    whole = BestWeights()
+    run_epochs(whole, whole_model, values)
+    whole.on_fit_end(whole_model, {})
+
+    first = BestWeights()
+    run_epochs(first, SimpleNamespace(net=tagged_linear()), values[:3])
+    resumed_model = SimpleNamespace(net=tagged_linear())
+    resumed = BestWeights()
+    resumed.on_fit_begin(resumed_model, {})
+    resumed.load_state_dict(through_disk(first.state_dict()))
+    for epoch, value in enumerate(values[3:], start=4):
+        mark_epoch(resumed_model.net, epoch)
+        resumed.on_epoch_end(resumed_model, {"epoch": epoch, "val_loss": value})
+    resumed.on_fit_end(resumed_model, {})
+
+    assert whole_model.net.tag.item() == resumed_model.net.tag.item() == best_epoch
+    assert (resumed.best.value, resumed.best.epoch) == (whole.best.value, whole.best.epoch)
+
+
+def test_a_state_dict_taken_earlier_keeps_its_epochs_weights(model):
+    keep = BestWeights()
+    run_epochs(keep, model, [0.5])
+    state = keep.state_dict()
+    mark_epoch(model.net, 2)
+    keep.on_epoch_end(model, {"epoch": 2, "val_loss": 0.1})
+    assert state["weights"]["tag"].item() == 1
+    assert keep.weights["tag"].item() == 2
+
+
+def test_load_state_dict_names_the_missing_keys():
+    with pytest.raises(ValueError, match=r"BestWeights state lacks \['weights'\]; got keys \['best'\]"):
+        BestWeights().load_state_dict({"best": {"value": None, "epoch": None}})
