@@ -4,6 +4,8 @@ from kerasish.callbacks import BestWeights, Callback, EarlyStopping, ModelCheckp
 from kerasish.model import KerasModel
 from kerasish.monitor import BestSoFar, Monitor
 from kerasish.runners import EpochRunner, StepRunner
+from kerasish.seeding import seed_everything
+from kerasish.summary import ModelSummary, summary
 
 __version__ = "0.1.0"
 
@@ -14,9 +16,12 @@ __all__ = [
     "EarlyStopping",
     "EpochRunner",
     "KerasModel",
+    "ModelSummary",
     "ModelCheckpoint",
     "Monitor",
     "ReduceLROnPlateau",
     "StepRunner",
+    "seed_everything",
+    "summary",
     "__version__",
 ]
