@@ -12,16 +12,25 @@ import torch
 from torch import nn
 
 from kerasish import runners
+from kerasish.arguments import (
+    check_compile,
+    check_fit_args,
+    check_loader,
+    check_model_args,
+    check_step_controls,
+    check_verbose,
+    default_optimizer,
+)
 from kerasish.batches import preds_of, split_batch
 from kerasish.callbacks import BestWeights, Callback, CallbackList, EarlyStopping, ModelCheckpoint
 from kerasish.checkpoint import atomic_save, check_writable, load_weights
 from kerasish.device import move_optimizer_state, resolve_device, to_device
-from kerasish.history import History, history_columns
+from kerasish.history import History
 from kerasish.metrics import MetricLike, MetricSet, check_metrics
 from kerasish.monitor import Monitor
-from kerasish.progress import format_logs, say
-
-SCHEDULER_INTERVALS = ("epoch", "step")
+from kerasish.precision import autocast, check_precision
+from kerasish.progress import PassProgress, format_logs, say
+from kerasish.summary import ModelSummary, summary
 
 
 class KerasModel:
@@ -37,7 +46,17 @@ class KerasModel:
         lr_scheduler: a torch LR scheduler over ``optimizer``, stepped once per epoch (``ReduceLROnPlateau`` is given
             the monitored value), or after every optimizer step with ``scheduler_interval="step"``.
         device: ``None`` picks cuda, else mps, else cpu; or a string or ``torch.device``.
-        scheduler_interval: ``"epoch"`` or ``"step"``.
+        scheduler_interval: ``"epoch"`` or ``"step"`` (one scheduler step per optimizer step).
+        accumulate_grad_batches: batches per optimizer step (default 1). The step's gradient is that of one batch
+            holding all the window's samples, also for the short window an epoch may end with.
+        clip_grad_norm: clip the gradients' total L2 norm to this before each optimizer step; ``None``: no clipping.
+        clip_grad_value: clamp each gradient element to ``±clip_grad_value``; ``None``: no clipping.
+        precision: ``"32"`` (default), ``"bf16"`` (autocast to bfloat16; CPU or GPU) or ``"fp16"`` (autocast to
+            float16 with a gradient scaler; CUDA only). The weights stay float32; evaluation and ``predict`` run
+            under the same autocast, and ``predict`` returns float32.
+        compile: ``True`` runs the steps through ``torch.compile(net)``; a dict is passed to ``torch.compile``
+            (e.g. ``{"mode": "max-autotune"}``). ``self.net`` stays the plain module, so saved weights have the
+            usual names.
 
     Subclass and set ``StepRunner`` or ``EpochRunner`` to change how a batch or a pass runs.
 
@@ -70,10 +89,20 @@ class KerasModel:
         device: str | torch.device | None = None,
         *,
         scheduler_interval: str = "epoch",
+        accumulate_grad_batches: int = 1,
+        clip_grad_norm: float | None = None,
+        clip_grad_value: float | None = None,
+        precision: str = "32",
+        compile: bool | Mapping[str, Any] = False,
     ) -> None:
-        _check_model_args(net, loss_fn, optimizer, lr_scheduler, scheduler_interval)
+        check_model_args(net, loss_fn, optimizer, lr_scheduler, scheduler_interval)
+        check_step_controls(accumulate_grad_batches, clip_grad_norm, clip_grad_value)
+        compile_kwargs = check_compile(compile)
         self.device = resolve_device(device)
+        self.precision = check_precision(precision, self.device)
         self.net = net.to(self.device)
+        # Steps run through the compiled wrapper; self.net stays plain, so state dict keys keep their names.
+        self.step_net = self.net if compile_kwargs is None else torch.compile(self.net, **compile_kwargs)
         self.loss_fn = loss_fn
         self.metrics_dict = check_metrics(metrics_dict)
         self.optimizer = optimizer
@@ -81,6 +110,9 @@ class KerasModel:
             move_optimizer_state(optimizer, self.device)
         self.lr_scheduler = lr_scheduler
         self.scheduler_interval = scheduler_interval
+        self.accumulate_grad_batches = accumulate_grad_batches
+        self.clip_grad_norm = clip_grad_norm
+        self.clip_grad_value = clip_grad_value
         self.history = pd.DataFrame()
         self.stop_training = False
 
@@ -89,11 +121,14 @@ class KerasModel:
         train_data: Iterable,
         val_data: Iterable | None = None,
         epochs: int = 10,
-        ckpt_path: str | os.PathLike | None = None,
-        patience: int | None = 5,
+        *,
         monitor: str | None = None,
         mode: str = "min",
+        patience: int | None = 5,
         min_delta: float = 0.0,
+        delta_mode: str = "abs",
+        restore_best_weights: bool = True,
+        ckpt_path: str | os.PathLike | None = None,
         callbacks: Sequence[Callback] | None = None,
         verbose: int = 1,
     ) -> pd.DataFrame:
@@ -108,34 +143,48 @@ class KerasModel:
             train_data: an iterable of batches, e.g. a ``DataLoader`` (one over an ``IterableDataset`` works too).
             val_data: batches for the val pass, or ``None``.
             epochs: the most epochs to run, >= 1.
-            ckpt_path: also write the best weights to this file whenever they improve (atomically); no file is
-                written without it.
-            patience: epochs without improvement before stopping; ``None`` never stops early.
             monitor: the history column that picks the best epoch; ``None`` means ``"val_loss"`` when there is
                 val data, else ``"train_loss"``.
             mode: ``"min"`` or ``"max"``: whether lower or higher ``monitor`` is better.
+            patience: epochs without improvement before stopping; ``None`` never stops early.
             min_delta: an improvement must beat the best by more than this; a tie never improves.
+            delta_mode: ``"abs"``: ``min_delta`` is an amount; ``"rel"``: a fraction of ``abs(best)``.
+            restore_best_weights: ``False`` leaves the last epoch's weights in the net.
+            ckpt_path: also write the best weights to this file whenever they improve (atomically); no file is
+                written without it.
             callbacks: more :class:`~kerasish.Callback` instances, run in order after the built-in ones.
-            verbose: 1 shows a progress bar per pass and a line per epoch, 0 prints nothing.
+            verbose: 1 shows a progress bar per pass and a line per epoch; 2 only the lines (for logs and CI);
+                0 prints nothing.
 
         Returns:
             The history, one row per finished epoch (also kept as ``self.history``): ``epoch``, ``train_loss``,
-            ``train_<metric>``, ``val_loss``, ``val_<metric>``, ``lr`` (the epoch's learning rate) and ``time``
-            (the epoch's wall seconds). Losses are sample-weighted means over the pass.
+            ``train_<metric>``, ``val_loss``, ``val_<metric>``, ``lr`` (the learning rate at the epoch's start,
+            which its first optimizer step used) and ``time`` (the epoch's wall seconds). Losses are
+            sample-weighted means over the pass.
 
         Raises:
             ValueError, TypeError: a bad argument, before any training step.
+
+        Example:
+            >>> import torch
+            >>> from torch import nn
+            >>> from kerasish import KerasModel
+            >>> _ = torch.manual_seed(0)
+            >>> x = torch.randn(96, 4)
+            >>> y = (x[:, 0] > 0).long()
+            >>> batches = [(x[i:i + 32], y[i:i + 32]) for i in range(0, 96, 32)]
+            >>> model = KerasModel(nn.Linear(4, 2), nn.CrossEntropyLoss(), device="cpu")
+            >>> history = model.fit(batches, batches, epochs=3, monitor="val_loss", patience=2, verbose=0)
+            >>> list(history.columns), len(history)
+            (['epoch', 'train_loss', 'val_loss', 'lr', 'time'], 3)
         """
         monitor = monitor or ("val_loss" if val_data is not None else "train_loss")
-        columns = self._check_fit_args(train_data, val_data, epochs=epochs, monitor=monitor, mode=mode, verbose=verbose)
-        callbacks = CallbackList(
-            [
-                *self._builtin_callbacks(ckpt_path, patience, Monitor(monitor, mode, min_delta), verbose),
-                *(callbacks or []),
-            ]
-        )
+        columns = check_fit_args(self, train_data, val_data, epochs=epochs, monitor=monitor, mode=mode, verbose=verbose)
+        watched = Monitor(monitor, mode, min_delta, delta_mode)
+        builtins = self._builtin_callbacks(watched, patience, restore_best_weights, ckpt_path, verbose)
+        callbacks = CallbackList([*builtins, *(callbacks or [])])
         if self.optimizer is None:
-            self.optimizer = _default_optimizer(self.net)
+            self.optimizer = default_optimizer(self.net)
         train_pass = self._epoch_runner("train", callbacks, verbose)
         val_pass = None if val_data is None else self._epoch_runner("val", callbacks, verbose)
         history = History(columns)
@@ -167,30 +216,83 @@ class KerasModel:
     def evaluate(self, data: Iterable, verbose: int = 0) -> dict[str, float]:
         """One pass over ``data`` without training: ``{"val_loss": ..., "val_<metric>": ...}``.
 
-        Uses the same loss, metrics and batch conventions as the val pass of ``fit``, with metric state of its own.
+        Uses the same loss, metrics, precision and batch conventions as the val pass of ``fit``, with metric state
+        of its own. ``verbose=1`` shows a progress bar.
+
+        Example:
+            >>> import torch
+            >>> from torch import nn
+            >>> from kerasish import KerasModel
+            >>> net = nn.Linear(2, 1, bias=False)
+            >>> _ = net.weight.data.fill_(1.0)
+            >>> batches = [(torch.ones(4, 2), torch.full((4, 1), 3.0))]   # predictions 2, targets 3
+            >>> KerasModel(net, nn.MSELoss(), device="cpu").evaluate(batches)
+            {'val_loss': 1.0}
         """
-        _check_loader(data, "data")
+        check_loader(data, "data")
+        check_verbose(verbose)
         return self._epoch_runner("val", CallbackList(), verbose)(data)
 
-    def predict(self, data: Iterable) -> torch.Tensor:
+    def predict(self, data: Iterable, *, callbacks: Sequence[Callback] | None = None, verbose: int = 0) -> torch.Tensor:
         """The net's outputs (``logits`` for outputs that carry them) for every batch, concatenated in order, on CPU.
 
         Batches are read as in ``fit`` and their labels ignored: the last element of a tuple, ``batch["labels"]`` of a
-        mapping. A bare tensor or a 1-tuple ``(x,)`` is input only.
+        mapping. A bare tensor or a 1-tuple ``(x,)`` is input only. Runs in eval mode without gradients, under the
+        model's precision; reduced-precision outputs come back as float32. ``callbacks`` get the ``on_predict_*``
+        hooks; ``verbose=1`` shows a progress bar.
+
+        Example:
+            >>> import torch
+            >>> from torch import nn
+            >>> from kerasish import KerasModel
+            >>> net = nn.Linear(3, 2)
+            >>> KerasModel(net, device="cpu").predict([torch.randn(4, 3), torch.randn(2, 3)]).shape
+            torch.Size([6, 2])
         """
-        _check_loader(data, "data")
-        outputs = []
-        with runners.pass_mode(self.net, training=False):
-            for batch in data:
-                args, kwargs, _ = split_batch(batch)
-                preds = preds_of(self.net(*to_device(args, self.device), **to_device(kwargs, self.device)))
-                if not isinstance(preds, torch.Tensor):
-                    raise TypeError(f"predict concatenates tensors; the net returned {type(preds).__name__}")
-                outputs.append(preds)
+        check_loader(data, "data")
+        check_verbose(verbose)
+        callbacks = CallbackList(callbacks or [])
+        progress = PassProgress(
+            enabled=verbose == 1, description="predict", total=runners.loader_length(data), read_loss=None
+        )
+        outputs: list[torch.Tensor] = []
+        callbacks.call("on_predict_begin", self, {})
+        try:
+            with runners.pass_mode(self.step_net, training=False):
+                for index, batch in enumerate(data):
+                    callbacks.call("on_predict_batch_begin", self, {"batch": index})
+                    outputs.append(self._predict_batch(batch))
+                    callbacks.call("on_predict_batch_end", self, {"batch": index, "outputs": outputs[-1]})
+                    progress.step()
+        finally:
+            progress.close()
+            callbacks.call_all("on_predict_end", self, {"batches": len(outputs)})
         if not outputs:
             raise ValueError("data yielded no batches")
         # Outputs stay on the device until the end: one transfer instead of a sync per batch.
         return torch.cat(outputs).cpu()
+
+    def summary(
+        self, example: Any, *, depth: int | None = None, print_fn: Callable[[str], None] | None = print
+    ) -> ModelSummary:
+        """Runs ``example`` through the net once and shows its layers, output shapes and parameter counts.
+
+        ``example`` is what the net takes: a tensor, a tuple of positional inputs or a dict of keyword inputs. The
+        table is printed with ``print_fn`` (``None``: not printed) and returned as a
+        :class:`~kerasish.ModelSummary`. See :func:`kerasish.summary`.
+
+        Example:
+            >>> import torch
+            >>> from torch import nn
+            >>> from kerasish import KerasModel
+            >>> net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+            >>> KerasModel(net, device="cpu").summary(torch.zeros(1, 4), print_fn=None).total_params
+            58
+        """
+        result = summary(self.net, example, device=self.device, depth=depth)
+        if print_fn is not None:
+            print_fn(str(result))
+        return result
 
     def save_ckpt(self, path: str | os.PathLike) -> None:
         """Writes the net's weights (its ``state_dict``) to ``path``, atomically."""
@@ -203,50 +305,46 @@ class KerasModel:
         """
         self.net.load_state_dict(load_weights(path, self.device))
 
-    def _check_fit_args(self, train_data, val_data, *, epochs, monitor, mode, verbose) -> list[str]:
-        """Raises on any bad argument; returns the history's columns."""
-        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-            raise ValueError(f"epochs={epochs!r} is not valid; use an int >= 1")
-        if verbose not in (0, 1):
-            raise ValueError(f"verbose={verbose!r} is not valid; use 0 (silent) or 1 (bars and a line per epoch)")
-        _check_loader(train_data, "train_data")
-        if val_data is not None:
-            _check_loader(val_data, "val_data")
-        columns = history_columns(self.metrics_dict, has_val=val_data is not None)
-        if monitor not in columns:
-            if val_data is None and monitor in history_columns(self.metrics_dict, has_val=True):
-                raise ValueError(
-                    f"monitor={monitor!r} needs val_data, but val_data is None; monitor a train_* column instead"
-                )
-            raise ValueError(f"monitor={monitor!r} is not a history column; available: {', '.join(columns)}")
-        if isinstance(self.lr_scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau) and self.lr_scheduler.mode != mode:
-            raise ValueError(
-                f"lr_scheduler is ReduceLROnPlateau(mode={self.lr_scheduler.mode!r}) but fit has mode={mode!r} for "
-                f"monitor={monitor!r}; make them agree"
-            )
-        return columns
-
-    def _builtin_callbacks(self, ckpt_path, patience, monitor: Monitor, verbose: int) -> list[Callback]:
+    def _builtin_callbacks(self, monitor: Monitor, patience, restore_best_weights, ckpt_path, verbose) -> list:
         args = (monitor.name, monitor.mode, monitor.min_delta)
-        built = [BestWeights(*args, verbose=verbose)]
+        built: list[Callback] = []
+        if restore_best_weights:
+            built.append(BestWeights(*args, delta_mode=monitor.delta_mode, verbose=verbose))
         if ckpt_path is not None:
-            built.append(ModelCheckpoint(check_writable(ckpt_path, "ckpt_path"), *args))
+            built.append(ModelCheckpoint(check_writable(ckpt_path, "ckpt_path"), *args, delta_mode=monitor.delta_mode))
         if patience is not None:
-            built.append(EarlyStopping(*args, patience=patience, verbose=verbose))
+            built.append(EarlyStopping(*args, delta_mode=monitor.delta_mode, patience=patience, verbose=verbose))
         return built
 
     def _epoch_runner(self, stage: str, callbacks: CallbackList, verbose: int) -> runners.EpochRunner:
         training = stage == "train"
         step = self.StepRunner(
-            self.net,
+            self.step_net,
             self.loss_fn,
             stage=stage,
             metrics=MetricSet(self.metrics_dict, self.device),
             device=self.device,
-            optimizer=self.optimizer if training else None,
-            lr_scheduler=self.lr_scheduler if training and self.scheduler_interval == "step" else None,
+            precision=self.precision,
+            **(self._train_controls() if training else {}),
         )
         return self.EpochRunner(step, model=self, callbacks=callbacks, verbose=verbose)
+
+    def _train_controls(self) -> dict[str, Any]:
+        return {
+            "optimizer": self.optimizer,
+            "lr_scheduler": self.lr_scheduler if self.scheduler_interval == "step" else None,
+            "accumulate_grad_batches": self.accumulate_grad_batches,
+            "clip_grad_norm": self.clip_grad_norm,
+            "clip_grad_value": self.clip_grad_value,
+        }
+
+    def _predict_batch(self, batch: Any) -> torch.Tensor:
+        args, kwargs, _ = split_batch(batch)
+        with autocast(self.precision, self.device):
+            preds = preds_of(self.step_net(*to_device(args, self.device), **to_device(kwargs, self.device)))
+        if not isinstance(preds, torch.Tensor):
+            raise TypeError(f"predict concatenates tensors; the net returned {type(preds).__name__}")
+        return preds.float() if preds.dtype in (torch.float16, torch.bfloat16) and self.precision != "32" else preds
 
     def _lr(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"])
@@ -258,40 +356,3 @@ class KerasModel:
             self.lr_scheduler.step(logs[monitor])
         else:
             self.lr_scheduler.step()
-
-
-def _check_model_args(net, loss_fn, optimizer, lr_scheduler, scheduler_interval) -> None:
-    if not isinstance(net, nn.Module):
-        raise TypeError(f"net must be a torch.nn.Module; got {type(net).__name__}")
-    if loss_fn is not None and not callable(loss_fn):
-        raise TypeError(f"loss_fn must be callable (preds, labels) -> loss, or None; got {type(loss_fn).__name__}")
-    if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
-        raise TypeError(f"optimizer must be a torch.optim.Optimizer or None; got {type(optimizer).__name__}")
-    if scheduler_interval not in SCHEDULER_INTERVALS:
-        raise ValueError(f"scheduler_interval={scheduler_interval!r} is not valid; use 'epoch' or 'step'")
-    if lr_scheduler is None:
-        return
-    if not callable(getattr(lr_scheduler, "step", None)):
-        raise TypeError(f"lr_scheduler must have a step() method; got {type(lr_scheduler).__name__}")
-    if optimizer is None or getattr(lr_scheduler, "optimizer", optimizer) is not optimizer:
-        raise ValueError("lr_scheduler must be built over the optimizer passed as optimizer=")
-    if scheduler_interval == "step" and isinstance(lr_scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-        raise ValueError("ReduceLROnPlateau needs an epoch's monitored value; use scheduler_interval='epoch'")
-
-
-def _check_loader(data: Any, argument: str) -> None:
-    if data is None or not isinstance(data, Iterable) or isinstance(data, (torch.Tensor, str, Mapping)):
-        raise TypeError(f"{argument} must be an iterable of batches such as a DataLoader; got {type(data).__name__}")
-    # A loader without length (an IterableDataset's) that turns out empty is caught after its pass.
-    if runners.loader_length(data) == 0:
-        raise ValueError(f"{argument} is empty: it has 0 batches (check the dataset size, batch_size and drop_last)")
-
-
-def _default_optimizer(net: nn.Module) -> torch.optim.Optimizer:
-    params = [p for p in net.parameters() if p.requires_grad]
-    if not params:
-        raise ValueError(
-            f"optimizer=None, so fit builds Adam over the net's parameters, but {type(net).__name__} has no trainable "
-            "parameters; pass optimizer=... or give the net parameters"
-        )
-    return torch.optim.Adam(params, lr=1e-3)

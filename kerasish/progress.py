@@ -1,4 +1,4 @@
-"""What ``verbose=1`` shows: a bar per pass, a line per epoch. ``verbose=0`` shows nothing."""
+"""What ``verbose=1`` shows: a bar per pass, a line per epoch; ``verbose=2``: only the lines; ``verbose=0``: nothing."""
 
 from __future__ import annotations
 
@@ -42,10 +42,12 @@ class PassProgress:
         enabled: whether to show anything.
         description: the bar's label, e.g. ``"epoch 3/20 train"``.
         total: the number of batches, or ``None`` when the loader has no length.
-        read_loss: returns the running loss; called only when the figure refreshes.
+        read_loss: returns the running loss; called only when the figure refreshes. ``None``: no loss figure.
     """
 
-    def __init__(self, *, enabled: bool, description: str, total: int | None, read_loss: Callable[[], float]) -> None:
+    def __init__(
+        self, *, enabled: bool, description: str, total: int | None, read_loss: Callable[[], float] | None
+    ) -> None:
         self.bar = tqdm(total=total, desc=description, leave=False, dynamic_ncols=True) if enabled else None
         self.read_loss = read_loss
         self.next_refresh = time.monotonic() + REFRESH_SECONDS
@@ -55,6 +57,8 @@ class PassProgress:
         if self.bar is None:
             return
         self.bar.update()
+        if self.read_loss is None:
+            return
         now = time.monotonic()
         if now >= self.next_refresh:
             self.next_refresh = now + REFRESH_SECONDS

@@ -25,6 +25,7 @@ from kerasish.batches import batch_size, loss_of, preds_of, split_batch
 from kerasish.callbacks.base import CallbackList
 from kerasish.device import to_device
 from kerasish.metrics import MetricSet
+from kerasish.precision import autocast, check_precision, grad_scaler
 from kerasish.progress import PassProgress
 
 STAGES = ("train", "val")
@@ -33,10 +34,11 @@ STAGES = ("train", "val")
 class StepRunner:
     """Runs one batch: moves it to the device, computes the loss, and in training steps the optimizer.
 
-    Override :meth:`compute_loss` for a custom loss; the rest (backward, step, metrics) stays as it is.
+    Override :meth:`compute_loss` for a custom loss; the rest (precision, backward, accumulation, clipping, step,
+    metrics) stays as it is.
 
     Args:
-        net: the network.
+        net: the network (or its ``torch.compile`` wrapper).
         loss_fn: ``loss_fn(preds, labels) -> scalar tensor``, or ``None`` when the net's output carries its loss.
         stage: ``"train"`` (backward and optimizer step) or ``"val"`` (forward only).
         metrics: where the step's loss and metric updates accumulate.
@@ -44,6 +46,13 @@ class StepRunner:
         optimizer: required for ``stage="train"``.
         lr_scheduler: stepped after each optimizer step when given; ``KerasModel`` passes it only when asked to
             step per batch.
+        accumulate_grad_batches: batches per optimizer step. Each batch's gradient is weighted by its samples, so
+            a window of batches gives the gradient of one batch holding all their samples, also for a short last
+            window, which :meth:`finish_pass` steps at the end of a pass.
+        clip_grad_norm: rescale the gradients so their total L2 norm is at most this, before each optimizer step.
+        clip_grad_value: clamp every gradient element to ``[-clip_grad_value, clip_grad_value]``, likewise.
+        precision: ``"32"``, ``"bf16"`` or ``"fp16"`` (autocast of the forward pass and loss; fp16 adds a
+            gradient scaler, on CUDA only).
     """
 
     def __init__(
@@ -56,6 +65,10 @@ class StepRunner:
         device: torch.device,
         optimizer: torch.optim.Optimizer | None = None,
         lr_scheduler: Any = None,
+        accumulate_grad_batches: int = 1,
+        clip_grad_norm: float | None = None,
+        clip_grad_value: float | None = None,
+        precision: str = "32",
     ) -> None:
         if stage not in STAGES:
             raise ValueError(f"stage={stage!r} is not valid; use one of {STAGES}")
@@ -68,20 +81,25 @@ class StepRunner:
         self.device = device
         self.optimizer = optimizer
         self.lr_scheduler = lr_scheduler
+        self.accumulate_grad_batches = accumulate_grad_batches
+        self.clip_grad_norm = clip_grad_norm
+        self.clip_grad_value = clip_grad_value
+        self.precision = check_precision(precision, device)
+        self.scaler = grad_scaler(self.precision, device) if stage == "train" else None
+        self.optimizer_steps = 0
+        self._window_batches = 0
+        self._window_samples = 0
 
     def __call__(self, batch: Any) -> tuple[torch.Tensor, int]:
         """Runs the step; returns the batch's detached loss (a device tensor) and its number of samples."""
         batch = to_device(batch, self.device)
-        loss, preds, labels = self.compute_loss(batch)
+        with autocast(self.precision, self.device):
+            loss, preds, labels = self.compute_loss(batch)
         _check_loss(loss)
-        if self.stage == "train":
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            if self.lr_scheduler is not None:
-                self.lr_scheduler.step()
-        loss = loss.detach()
         size = self.batch_size(batch)
+        if self.stage == "train":
+            self.backward(loss, size)
+        loss = loss.detach()
         self.metrics.update(loss, preds, labels, size)
         return loss, size
 
@@ -108,6 +126,48 @@ class StepRunner:
         """How many samples the batch holds, for sample-weighted means; override for unusual batches."""
         return batch_size(batch)
 
+    def backward(self, loss: torch.Tensor, size: int) -> None:
+        """Adds the batch's gradient to the window and steps the optimizer when the window is full."""
+        if self._window_batches == 0:
+            self.optimizer.zero_grad(set_to_none=True)
+        if self.accumulate_grad_batches > 1:
+            # Summed over samples here, divided by the window's samples at the step: exact for uneven batches.
+            loss = loss * size
+        if self.scaler is not None:
+            loss = self.scaler.scale(loss)
+        loss.backward()
+        self._window_batches += 1
+        self._window_samples += size
+        if self._window_batches == self.accumulate_grad_batches:
+            self.optimizer_step()
+
+    def finish_pass(self) -> None:
+        """Steps the optimizer on a window the pass left unfinished (fewer than ``accumulate_grad_batches``)."""
+        if self._window_batches:
+            self.optimizer_step()
+
+    def optimizer_step(self) -> None:
+        """Averages the window's gradients, clips them, steps the optimizer (and a per-step scheduler)."""
+        params = [p for group in self.optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if self.accumulate_grad_batches > 1:
+            for param in params:
+                param.grad.div_(self._window_samples)
+        if self.scaler is not None and (self.clip_grad_norm is not None or self.clip_grad_value is not None):
+            self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
+        if self.clip_grad_norm is not None:
+            nn.utils.clip_grad_norm_(params, self.clip_grad_norm)
+        if self.clip_grad_value is not None:
+            nn.utils.clip_grad_value_(params, self.clip_grad_value)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)  # skips the step when a gradient is inf/NaN (torch syncs here)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        if self.lr_scheduler is not None:
+            self.lr_scheduler.step()
+        self.optimizer_steps += 1
+        self._window_batches = self._window_samples = 0
+
 
 def _check_loss(loss: Any) -> None:
     if not isinstance(loss, torch.Tensor):
@@ -129,7 +189,7 @@ class EpochRunner:
         step_runner: runs each batch.
         model: passed to the batch hooks.
         callbacks: whose ``on_<stage>_batch_begin/end`` hooks run around each step.
-        verbose: 1 shows a progress bar for the pass, 0 nothing.
+        verbose: 1 shows a progress bar for the pass; 0 and 2 show none.
     """
 
     def __init__(
@@ -157,7 +217,7 @@ class EpochRunner:
         begin_hook, end_hook = f"on_{self.stage}_batch_begin", f"on_{self.stage}_batch_end"
         call_begin, call_end = self.callbacks.overrides(begin_hook), self.callbacks.overrides(end_hook)
         progress = PassProgress(
-            enabled=self.verbose >= 1,
+            enabled=self.verbose == 1,
             description=self.stage if epoch is None else f"epoch {epoch}/{epochs} {self.stage}",
             total=loader_length(loader),
             read_loss=metrics.running_loss,
@@ -175,6 +235,8 @@ class EpochRunner:
                         self.callbacks.call(end_hook, self.model, logs)
                         if getattr(self.model, "stop_training", False):
                             break
+                if self.stage == "train":
+                    self.step_runner.finish_pass()
             finally:
                 progress.close()
         if batches == 0:

@@ -237,6 +237,49 @@ def test_hooks_run_in_documented_order():
     assert recorder.calls == [("on_fit_begin",), *epoch(1), *epoch(2), ("on_fit_end", 2)]
 
 
+def test_predict_hooks_run_in_documented_order_and_see_the_outputs():
+    recorder, shapes = Recorder(), []
+
+    class Shapes(Callback):
+        def on_predict_batch_end(self, model, logs):
+            shapes.append(tuple(logs["outputs"].shape))
+
+    batches = [torch.randn(4, 3), torch.randn(2, 3)]
+    KerasModel(nn.Linear(3, 1), device="cpu").predict(batches, callbacks=[recorder, Shapes()])
+    assert recorder.calls == [
+        ("on_predict_begin",),
+        ("on_predict_batch_begin", 0),
+        ("on_predict_batch_end", 0),
+        ("on_predict_batch_begin", 1),
+        ("on_predict_batch_end", 1),
+        ("on_predict_end",),
+    ]
+    assert shapes == [(4, 1), (2, 1)]
+
+
+def test_predict_end_runs_when_a_batch_fails():
+    recorder = Recorder()
+    with pytest.raises(RuntimeError):
+        KerasModel(nn.Linear(3, 1), device="cpu").predict([torch.randn(4, 5)], callbacks=[recorder])
+    assert recorder.calls == [("on_predict_begin",), ("on_predict_batch_begin", 0), ("on_predict_end",)]
+
+
+def test_restore_best_weights_false_leaves_the_last_epoch_in_the_net():
+    data = regression_batches()
+    model = scripted([0.5, 0.2, 0.4, 0.6])
+    model.fit(data, data, epochs=4, patience=None, restore_best_weights=False, callbacks=[EpochTag()], verbose=0)
+    assert model.net.tag.item() == 4
+    model = scripted([0.5, 0.2, 0.4, 0.6])
+    model.fit(data, data, epochs=4, patience=None, callbacks=[EpochTag()], verbose=0)
+    assert model.net.tag.item() == 2  # the guard: with the default, epoch 2 (val_loss 0.2) comes back
+
+
+def test_fit_options_after_epochs_are_keyword_only():
+    data = regression_batches()
+    with pytest.raises(TypeError, match="positional"):
+        KerasModel(nn.Linear(3, 1), nn.MSELoss(), device="cpu").fit(data, data, 2, None)
+
+
 def test_one_early_stopping_instance_serves_two_fits():
     data = regression_batches()
     stop = EarlyStopping("val_loss", patience=1)
@@ -413,7 +456,12 @@ def test_verbose_1_prints_each_epoch_and_the_restore(capsys):
 # --- speed: no host sync inside a step ------------------------------------------------------------------------------
 
 
-def test_host_reads_per_fit_do_not_grow_with_the_number_of_batches(monkeypatch):
+@pytest.mark.parametrize(
+    "controls",
+    [{}, {"accumulate_grad_batches": 3, "clip_grad_norm": 1.0, "clip_grad_value": 0.5, "precision": "bf16"}],
+    ids=["defaults", "accumulate-clip-bf16"],
+)
+def test_host_reads_per_fit_do_not_grow_with_the_number_of_batches(monkeypatch, controls):
     reads = []
     for name in ("item", "tolist", "__bool__", "__float__", "__int__", "cpu"):
         original = getattr(torch.Tensor, name)
@@ -431,7 +479,8 @@ def test_host_reads_per_fit_do_not_grow_with_the_number_of_batches(monkeypatch):
         # SGD, not Adam: Adam reads its step counter with .item() each step; torch keeps that counter on the host,
         # so it is no device sync, but it would hide ours here.
         opt = torch.optim.SGD(net.parameters(), lr=0.01)
-        model = KerasModel(net, nn.MSELoss(), {"mae": lambda p, y: (p - y).abs().mean()}, opt, device="cpu")
+        metrics = {"mae": lambda p, y: (p - y).abs().mean()}
+        model = KerasModel(net, nn.MSELoss(), metrics, opt, device="cpu", **controls)
         model.fit(data, data, epochs=2, verbose=0)
         return len(reads)
 
@@ -462,7 +511,7 @@ def _weights(model: KerasModel) -> list[torch.Tensor]:
         ({"epochs": 2.5}, ValueError, "epochs=2.5 is not valid"),
         ({"epochs": True}, ValueError, "epochs=True is not valid"),
         ({"patience": 0}, ValueError, "patience=0 is not valid"),
-        ({"verbose": 3}, ValueError, "verbose=3 is not valid"),
+        ({"verbose": 3}, ValueError, r"verbose=3 is not valid; use 0 \(silent\); 1 \(bars and a line per epoch\)"),
         ({"train_data": []}, ValueError, "train_data is empty: it has 0 batches"),
         ({"val_data": []}, ValueError, "val_data is empty"),
         ({"train_data": torch.zeros(4, 64)}, TypeError, "train_data must be an iterable of batches"),
@@ -552,3 +601,46 @@ def test_a_metric_that_is_not_a_number_is_named():
 
 def test_history_before_any_fit_is_an_empty_frame():
     assert KerasModel(nn.Linear(3, 1)).history.empty
+
+
+# --- verbose=2, torch.compile -----------------------------------------------------------------------------------
+
+
+def test_verbose_2_prints_one_line_per_epoch_and_no_bars(capsys):
+    data = regression_batches()
+    scripted([0.5, 0.2, 0.4]).fit(data, data, epochs=3, patience=None, verbose=2)
+    out, err = capsys.readouterr()
+    assert [line.split()[1] for line in out.splitlines() if line.startswith("epoch")] == ["1/3", "2/3", "3/3"]
+    assert err == ""  # bars go to stderr; none were drawn
+
+
+def test_compile_runs_the_steps_through_torch_compile_and_saves_plain_weight_names(tmp_path):
+    data = regression_batches(n=16, batch_size=4)
+    plain, compiled = nn.Linear(3, 1), nn.Linear(3, 1)
+    compiled.load_state_dict(plain.state_dict())
+    opt = lambda net: torch.optim.SGD(net.parameters(), lr=0.05)  # noqa: E731
+    # aot_eager traces forward and backward through torch.compile without generating code, so the test stays fast.
+    model = KerasModel(compiled, nn.MSELoss(), optimizer=opt(compiled), device="cpu", compile={"backend": "aot_eager"})
+    history = model.fit(data, data, epochs=3, ckpt_path=tmp_path / "best.pt", verbose=0)
+    reference = KerasModel(plain, nn.MSELoss(), optimizer=opt(plain), device="cpu").fit(data, data, epochs=3, verbose=0)
+    assert isinstance(model.step_net, torch._dynamo.eval_frame.OptimizedModule)
+    assert model.net is compiled
+    assert history["val_loss"].tolist() == pytest.approx(reference["val_loss"].tolist(), rel=1e-5)
+    assert set(torch.load(tmp_path / "best.pt", weights_only=True)) == {"weight", "bias"}
+    assert model.predict(data).shape == (16, 1)
+
+
+@pytest.mark.parametrize("bad", ["yes", 1, {1: "x"}])
+def test_bad_compile_argument_is_named(bad):
+    with pytest.raises(TypeError, match=r"compile=.* is not valid; use False, True, or a dict of torch.compile"):
+        KerasModel(nn.Linear(3, 1), device="cpu", compile=bad)
+
+
+def test_summary_counts_every_parameter_once_and_prints_the_table(capsys):
+    net = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+    net[0].requires_grad_(False)
+    result = KerasModel(net, device="cpu").summary(torch.zeros(2, 64))
+    assert result.total_params == sum(p.numel() for p in net.parameters()) == 2410
+    assert result.trainable_params == 330
+    assert [row.output_shape for row in result.rows] == [(2, 32), (2, 32), (2, 10)]
+    assert "Total params: 2,410" in capsys.readouterr().out

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
-from kerasish import KerasModel, StepRunner
+from kerasish import Callback, KerasModel, StepRunner
 from kerasish.metrics import MetricSet
 from tests.helpers import regression_batches
 
@@ -221,3 +221,121 @@ def test_a_step_returns_the_detached_loss_and_the_batch_size():
     assert (loss.item(), size, loss.requires_grad) == (pytest.approx(expected), 4, False)
     assert not torch.equal(before, net.weight)
     assert metrics.samples == 4
+
+
+# --- step controls: gradient accumulation and clipping ---------------------------------------------------------------
+
+
+def _micro_and_macro(n: int, batch: int, window: int):
+    """``n`` samples in micro-batches of ``batch`` (the last one short), and the same samples with each window of
+    ``window`` micro-batches joined into one macro-batch."""
+    x = torch.randn(n, 3)
+    y = x @ torch.tensor([[1.0], [-2.0], [0.5]]) + 0.3 * torch.randn(n, 1)
+    micro = [(x[i : i + batch], y[i : i + batch]) for i in range(0, n, batch)]
+    macro = [
+        (torch.cat([b[0] for b in micro[i : i + window]]), torch.cat([b[1] for b in micro[i : i + window]]))
+        for i in range(0, len(micro), window)
+    ]
+    return micro, macro
+
+
+def _sgd_model(net: nn.Module, **kwargs) -> KerasModel:
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    return KerasModel(net, nn.MSELoss(), optimizer=opt, device="cpu", **kwargs)
+
+
+@pytest.mark.parametrize("window", [2, 3, 4])
+@pytest.mark.parametrize("clip", [{}, {"clip_grad_norm": 0.05}])
+def test_accumulated_gradients_equal_one_batch_holding_the_window(window, clip):
+    # 10 samples in batches of 3: 3, 3, 3, 1. Windows of 2 are [3, 3] and [3, 1]; of 3, [3, 3, 3] and a partial [1];
+    # of 4, one window of everything. Each must step like one batch of all its samples.
+    micro, macro = _micro_and_macro(n=10, batch=3, window=window)
+    accumulated, joined = nn.Linear(3, 1), nn.Linear(3, 1)
+    joined.load_state_dict(accumulated.state_dict())
+    history_a = _sgd_model(accumulated, accumulate_grad_batches=window, **clip).fit(micro, epochs=3, verbose=0)
+    history_j = _sgd_model(joined, **clip).fit(macro, epochs=3, verbose=0)
+    for a, j in zip(accumulated.parameters(), joined.parameters(), strict=True):
+        torch.testing.assert_close(a, j, rtol=1e-5, atol=1e-6)
+    assert history_a["train_loss"].tolist() == pytest.approx(history_j["train_loss"].tolist(), rel=1e-5)
+
+
+def test_plain_mean_of_batch_gradients_would_differ_from_the_window_gradient():
+    # The guard for the test above: the short last batch makes a plain average of batch gradients a different step.
+    micro, macro = _micro_and_macro(n=10, batch=3, window=2)
+    net = nn.Linear(3, 1)
+    by_window = torch.autograd.grad(F.mse_loss(net(macro[1][0]), macro[1][1]), net.weight)[0]
+    by_batch = [torch.autograd.grad(F.mse_loss(net(x), y), net.weight)[0] for x, y in micro[2:]]
+    assert not torch.allclose(by_window, sum(by_batch) / 2, rtol=1e-3)
+
+
+def test_scheduler_and_optimizer_counters_count_optimizer_steps_not_batches():
+    micro, _ = _micro_and_macro(n=10, batch=3, window=3)  # 4 batches, windows of 3: 2 optimizer steps per epoch
+    net = nn.Linear(3, 1)
+    opt = torch.optim.Adam(net.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+    model = KerasModel(
+        net, nn.MSELoss(), optimizer=opt, lr_scheduler=sched, scheduler_interval="step", accumulate_grad_batches=3
+    )
+    history = model.fit(micro, epochs=3, verbose=0)
+    assert sched.last_epoch == 6
+    assert opt.state[net.weight]["step"].item() == 6
+    # lr is what each epoch's first optimizer step used: halved twice per epoch.
+    assert history["lr"].tolist() == pytest.approx([0.1, 0.025, 0.00625])
+
+
+def test_clip_grad_norm_limits_the_step_to_the_norm_along_the_gradient():
+    x, y = torch.randn(8, 3), 100 * torch.ones(8, 1)  # a large loss: the raw gradient norm is far above 0.01
+    net = nn.Linear(3, 1)
+    before = [p.detach().clone() for p in net.parameters()]
+    raw = torch.autograd.grad(F.mse_loss(net(x), y), list(net.parameters()))
+    model = KerasModel(net, nn.MSELoss(), optimizer=torch.optim.SGD(net.parameters(), lr=1.0), clip_grad_norm=0.01)
+    model.fit([(x, y)], epochs=1, verbose=0)
+    step = torch.cat([(b - p.detach()).flatten() for b, p in zip(before, net.parameters(), strict=True)])
+    raw = torch.cat([g.flatten() for g in raw])
+    assert step.norm().item() == pytest.approx(0.01, rel=1e-4)
+    assert F.cosine_similarity(step, raw, dim=0).item() == pytest.approx(1.0, abs=1e-6)
+
+
+def test_clip_grad_value_clamps_each_gradient_element():
+    x, y = torch.randn(8, 3), 10 * torch.randn(8, 1)
+    net = nn.Linear(3, 1)
+    before = [p.detach().clone() for p in net.parameters()]
+    raw = torch.autograd.grad(F.mse_loss(net(x), y), list(net.parameters()))
+    assert max(g.abs().max().item() for g in raw) > 0.5  # so the clamp has something to do
+    model = KerasModel(net, nn.MSELoss(), optimizer=torch.optim.SGD(net.parameters(), lr=1.0), clip_grad_value=0.5)
+    model.fit([(x, y)], epochs=1, verbose=0)
+    for b, p, g in zip(before, net.parameters(), raw, strict=True):
+        torch.testing.assert_close(b - p.detach(), g.clamp(-0.5, 0.5))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"accumulate_grad_batches": 0}, r"accumulate_grad_batches=0 is not valid; use an int >= 1"),
+        ({"accumulate_grad_batches": 2.0}, r"accumulate_grad_batches=2.0 is not valid"),
+        ({"clip_grad_norm": 0}, r"clip_grad_norm=0 is not valid; use a number > 0, or None"),
+        ({"clip_grad_value": -1.0}, r"clip_grad_value=-1.0 is not valid"),
+        ({"clip_grad_norm": True}, r"clip_grad_norm=True is not valid"),
+    ],
+)
+def test_bad_step_controls_are_named(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        KerasModel(nn.Linear(3, 1), nn.MSELoss(), device="cpu", **kwargs)
+
+
+def test_a_batch_hook_that_sets_stop_training_ends_the_train_pass_after_that_batch():
+    seen = []
+
+    class StopAtBatch2(Callback):
+        def on_train_batch_end(self, model, logs):
+            seen.append((logs["epoch"], logs["batch"]))
+            if logs["batch"] == 1:
+                model.stop_training = True
+
+    data = regression_batches(n=20, batch_size=4)  # 5 batches
+    history = KerasModel(nn.Linear(3, 1), nn.MSELoss(), device="cpu").fit(
+        data, data, epochs=3, callbacks=[StopAtBatch2()], verbose=0
+    )
+    assert seen == [(1, 0), (1, 1)]
+    assert history["epoch"].tolist() == [1]  # the epoch still gets its row, with a val pass
+    assert history["val_loss"].notna().all()

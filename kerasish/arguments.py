@@ -1,0 +1,117 @@
+"""Checks of what a user passes to ``KerasModel`` and ``fit``, run before any training step.
+
+Each error names the argument, the value received and what would be valid.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from kerasish.history import history_columns
+from kerasish.runners import loader_length
+
+SCHEDULER_INTERVALS = ("epoch", "step")
+VERBOSITY = {0: "silent", 1: "bars and a line per epoch", 2: "a line per epoch, no bars"}
+
+
+def check_model_args(net: Any, loss_fn: Any, optimizer: Any, lr_scheduler: Any, scheduler_interval: Any) -> None:
+    """The positional arguments of ``KerasModel`` and its ``scheduler_interval``."""
+    if not isinstance(net, nn.Module):
+        raise TypeError(f"net must be a torch.nn.Module; got {type(net).__name__}")
+    if loss_fn is not None and not callable(loss_fn):
+        raise TypeError(f"loss_fn must be callable (preds, labels) -> loss, or None; got {type(loss_fn).__name__}")
+    if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(f"optimizer must be a torch.optim.Optimizer or None; got {type(optimizer).__name__}")
+    if scheduler_interval not in SCHEDULER_INTERVALS:
+        raise ValueError(f"scheduler_interval={scheduler_interval!r} is not valid; use 'epoch' or 'step'")
+    if lr_scheduler is None:
+        return
+    if not callable(getattr(lr_scheduler, "step", None)):
+        raise TypeError(f"lr_scheduler must have a step() method; got {type(lr_scheduler).__name__}")
+    if optimizer is None or getattr(lr_scheduler, "optimizer", optimizer) is not optimizer:
+        raise ValueError("lr_scheduler must be built over the optimizer passed as optimizer=")
+    if scheduler_interval == "step" and isinstance(lr_scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        raise ValueError("ReduceLROnPlateau needs an epoch's monitored value; use scheduler_interval='epoch'")
+
+
+def check_step_controls(accumulate_grad_batches: Any, clip_grad_norm: Any, clip_grad_value: Any) -> None:
+    """Gradient accumulation and clipping settings."""
+    if (
+        isinstance(accumulate_grad_batches, bool)
+        or not isinstance(accumulate_grad_batches, int)
+        or accumulate_grad_batches < 1
+    ):
+        raise ValueError(
+            f"accumulate_grad_batches={accumulate_grad_batches!r} is not valid; use an int >= 1 (1: a step per batch)"
+        )
+    for name, value in (("clip_grad_norm", clip_grad_norm), ("clip_grad_value", clip_grad_value)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0):
+            raise ValueError(f"{name}={value!r} is not valid; use a number > 0, or None for no clipping")
+
+
+def check_compile(compile: Any) -> dict[str, Any] | None:
+    """``compile=False/True/{torch.compile kwargs}`` as the kwargs to compile with, or ``None`` for no compile."""
+    if compile is False or compile is None:
+        return None
+    if compile is True:
+        return {}
+    if isinstance(compile, Mapping) and all(isinstance(key, str) for key in compile):
+        return dict(compile)
+    raise TypeError(f"compile={compile!r} is not valid; use False, True, or a dict of torch.compile arguments")
+
+
+def check_verbose(verbose: Any) -> None:
+    if isinstance(verbose, bool) or verbose not in VERBOSITY:
+        choices = "; ".join(f"{level} ({meaning})" for level, meaning in VERBOSITY.items())
+        raise ValueError(f"verbose={verbose!r} is not valid; use {choices}")
+
+
+def check_fit_args(
+    model: Any, train_data: Any, val_data: Any, *, epochs: Any, monitor: str, mode: str, verbose: Any
+) -> list[str]:
+    """Raises on any bad argument of ``fit``; returns the history's columns."""
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"epochs={epochs!r} is not valid; use an int >= 1")
+    check_verbose(verbose)
+    check_loader(train_data, "train_data")
+    if val_data is not None:
+        check_loader(val_data, "val_data")
+    columns = history_columns(model.metrics_dict, has_val=val_data is not None)
+    if monitor not in columns:
+        if val_data is None and monitor in history_columns(model.metrics_dict, has_val=True):
+            raise ValueError(
+                f"monitor={monitor!r} needs val_data, but val_data is None; monitor a train_* column instead"
+            )
+        raise ValueError(f"monitor={monitor!r} is not a history column; available: {', '.join(columns)}")
+    scheduler = model.lr_scheduler
+    if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau) and scheduler.mode != mode:
+        raise ValueError(
+            f"lr_scheduler is ReduceLROnPlateau(mode={scheduler.mode!r}) but fit has mode={mode!r} for "
+            f"monitor={monitor!r}; make them agree"
+        )
+    return columns
+
+
+def check_loader(data: Any, argument: str) -> None:
+    """``data`` must be an iterable of batches, and not one known to be empty."""
+    if data is None or not isinstance(data, Iterable) or isinstance(data, (torch.Tensor, str, Mapping)):
+        raise TypeError(f"{argument} must be an iterable of batches such as a DataLoader; got {type(data).__name__}")
+    # A loader without length (an IterableDataset's) that turns out empty is caught after its pass.
+    if loader_length(data) == 0:
+        raise ValueError(f"{argument} is empty: it has 0 batches (check the dataset size, batch_size and drop_last)")
+
+
+def default_optimizer(net: nn.Module) -> torch.optim.Optimizer:
+    """``Adam(lr=1e-3)`` over the net's trainable parameters, for ``fit`` without an optimizer."""
+    params = [p for p in net.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError(
+            f"optimizer=None, so fit builds Adam over the net's parameters, but {type(net).__name__} has no trainable "
+            "parameters; pass optimizer=... or give the net parameters"
+        )
+    return torch.optim.Adam(params, lr=1e-3)
