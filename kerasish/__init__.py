@@ -1,6 +1,16 @@
 """kerasish: a Keras-style ``fit`` / ``evaluate`` / ``predict`` for PyTorch, written once and out of your way."""
 
-from kerasish.callbacks import BestWeights, Callback, EarlyStopping, ModelCheckpoint, ReduceLROnPlateau
+from kerasish.callbacks import (
+    BestWeights,
+    Callback,
+    CSVLogger,
+    EarlyStopping,
+    LambdaCallback,
+    ModelCheckpoint,
+    ReduceLROnPlateau,
+    TensorBoard,
+    TerminateOnNaN,
+)
 from kerasish.model import KerasModel
 from kerasish.monitor import BestSoFar, Monitor
 from kerasish.runners import EpochRunner, StepRunner
@@ -12,15 +22,19 @@ __version__ = "0.1.0"
 __all__ = [
     "BestSoFar",
     "BestWeights",
+    "CSVLogger",
     "Callback",
     "EarlyStopping",
     "EpochRunner",
     "KerasModel",
+    "LambdaCallback",
     "ModelCheckpoint",
     "ModelSummary",
     "Monitor",
     "ReduceLROnPlateau",
     "StepRunner",
+    "TensorBoard",
+    "TerminateOnNaN",
     "__version__",
     "seed_everything",
     "summary",
