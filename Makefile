@@ -2,9 +2,9 @@
 VENV ?= .venv
 PYTHON ?= python3
 STAMP := $(VENV)/.installed
-LINT_PATHS := kerasish tests examples
+LINT_PATHS := kerasish tests examples benchmarks
 
-.PHONY: venv demo test lint clean
+.PHONY: venv demo test lint bench clean
 
 venv: $(STAMP)
 
@@ -19,6 +19,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest
+
+# The speed benchmark against a hand-written loop (about 10 minutes; see benchmarks/README.md).
+bench: $(STAMP)
+	$(VENV)/bin/python benchmarks/run.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check $(LINT_PATHS)
