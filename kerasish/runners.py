@@ -87,6 +87,7 @@ class StepRunner:
         self.precision = check_precision(precision, device)
         self.scaler = grad_scaler(self.precision, device) if stage == "train" else None
         self.optimizer_steps = 0
+        self._clipping = clip_grad_norm is not None or clip_grad_value is not None
         self._window_batches = 0
         self._window_samples = 0
 
@@ -141,6 +142,18 @@ class StepRunner:
         if self._window_batches == self.accumulate_grad_batches:
             self.optimizer_step()
 
+    def _average_and_clip(self) -> None:
+        params = [p for group in self.optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if self.accumulate_grad_batches > 1:
+            for param in params:
+                param.grad.div_(self._window_samples)
+        if self.scaler is not None and self._clipping:
+            self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
+        if self.clip_grad_norm is not None:
+            nn.utils.clip_grad_norm_(params, self.clip_grad_norm)
+        if self.clip_grad_value is not None:
+            nn.utils.clip_grad_value_(params, self.clip_grad_value)
+
     def finish_pass(self) -> None:
         """Steps the optimizer on a window the pass left unfinished (fewer than ``accumulate_grad_batches``)."""
         if self._window_batches:
@@ -148,16 +161,8 @@ class StepRunner:
 
     def optimizer_step(self) -> None:
         """Averages the window's gradients, clips them, steps the optimizer (and a per-step scheduler)."""
-        params = [p for group in self.optimizer.param_groups for p in group["params"] if p.grad is not None]
-        if self.accumulate_grad_batches > 1:
-            for param in params:
-                param.grad.div_(self._window_samples)
-        if self.scaler is not None and (self.clip_grad_norm is not None or self.clip_grad_value is not None):
-            self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
-        if self.clip_grad_norm is not None:
-            nn.utils.clip_grad_norm_(params, self.clip_grad_norm)
-        if self.clip_grad_value is not None:
-            nn.utils.clip_grad_value_(params, self.clip_grad_value)
+        if self.accumulate_grad_batches > 1 or self._clipping:
+            self._average_and_clip()
         if self.scaler is not None:
             self.scaler.step(self.optimizer)  # skips the step when a gradient is inf/NaN (torch syncs here)
             self.scaler.update()
