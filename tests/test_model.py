@@ -264,6 +264,24 @@ def test_predict_end_runs_when_a_batch_fails():
     assert recorder.calls == [("on_predict_begin",), ("on_predict_batch_begin", 0), ("on_predict_end",)]
 
 
+def test_built_in_callbacks_run_before_the_users_in_every_hook():
+    seen = {}
+
+    class Observer(Callback):
+        def on_epoch_end(self, model, logs):
+            seen.setdefault("wait", []).append(stop.wait)
+
+        def on_fit_end(self, model, logs):
+            seen["tag at fit end"] = model.net.tag.item()
+
+    data = regression_batches()
+    model = scripted([0.5, 0.2, 0.4, 0.6])
+    stop = EarlyStopping("val_loss", patience=5)
+    model.fit(data, data, epochs=4, patience=None, callbacks=[EpochTag(), stop, Observer()], verbose=0)
+    assert seen["wait"] == [0, 0, 1, 2]  # EarlyStopping, given first, had counted each epoch already
+    assert seen["tag at fit end"] == 2  # fit's BestWeights had restored epoch 2 before the user's on_fit_end
+
+
 def test_restore_best_weights_false_leaves_the_last_epoch_in_the_net():
     data = regression_batches()
     model = scripted([0.5, 0.2, 0.4, 0.6])
