@@ -5,6 +5,8 @@ from __future__ import annotations
 import itertools
 import math
 
+import tqdm.auto
+
 from kerasish import progress
 from kerasish.progress import REFRESH_SECONDS, PassProgress, format_logs
 
@@ -36,3 +38,11 @@ def test_the_bar_reads_the_loss_at_most_once_per_refresh_interval(monkeypatch):
     bar.close()
     assert len(reads) == 3 / REFRESH_SECONDS
     assert all(later - earlier >= REFRESH_SECONDS - 1e-9 for earlier, later in itertools.pairwise(reads))
+
+
+def test_bars_come_from_tqdm_auto_so_they_render_as_widgets_in_notebooks():
+    bar = PassProgress(enabled=True, description="train", total=3, read_loss=None)
+    try:
+        assert isinstance(bar.bar, tqdm.auto.tqdm)
+    finally:
+        bar.close()
