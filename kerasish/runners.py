@@ -238,7 +238,9 @@ class EpochRunner:
                     if call_end:
                         logs = {"epoch": epoch, "batch": batches - 1, "loss": loss, "size": size}
                         self.callbacks.call(end_hook, self.model, logs)
-                        if getattr(self.model, "stop_training", False):
+                        # A train hook may end the pass (TerminateOnNaN); the val pass always runs whole, so the
+                        # epoch's row is complete even when the fit is stopping.
+                        if self.stage == "train" and getattr(self.model, "stop_training", False):
                             break
                 if self.stage == "train":
                     self.step_runner.finish_pass()

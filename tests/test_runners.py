@@ -339,3 +339,20 @@ def test_a_batch_hook_that_sets_stop_training_ends_the_train_pass_after_that_bat
     assert seen == [(1, 0), (1, 1)]
     assert history["epoch"].tolist() == [1]  # the epoch still gets its row, with a val pass
     assert history["val_loss"].notna().all()
+
+
+def test_a_fit_stopping_in_the_train_pass_still_runs_the_whole_val_pass_with_its_batch_hooks():
+    val_batches = []
+
+    class StopAtOnce(Callback):
+        def on_train_batch_end(self, model, logs):
+            model.stop_training = True
+
+        def on_val_batch_end(self, model, logs):
+            val_batches.append(logs["batch"])
+
+    data = regression_batches(n=20, batch_size=4)  # 5 batches
+    KerasModel(nn.Linear(3, 1), nn.MSELoss(), device="cpu").fit(
+        data, data, epochs=2, callbacks=[StopAtOnce()], verbose=0
+    )
+    assert val_batches == [0, 1, 2, 3, 4]
