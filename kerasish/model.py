@@ -113,8 +113,13 @@ class KerasModel:
         self.accumulate_grad_batches = accumulate_grad_batches
         self.clip_grad_norm = clip_grad_norm
         self.clip_grad_value = clip_grad_value
-        self.history = pd.DataFrame()
+        self._history = History([])
         self.stop_training = False
+
+    @property
+    def history(self) -> pd.DataFrame:
+        """The history of the latest ``fit`` (of the one running, so far, when read from a callback); empty before."""
+        return self._history.frame
 
     def fit(
         self,
@@ -153,8 +158,8 @@ class KerasModel:
             ckpt_path: also write the best weights to this file whenever they improve (atomically); no file is
                 written without it.
             callbacks: more :class:`~kerasish.Callback` instances, run in order after the built-in ones.
-            verbose: 1 shows a progress bar per pass and a line per epoch; 2 only the lines (for logs and CI);
-                0 prints nothing.
+            verbose: 1 shows a progress bar per pass (from 0.5 s into it) and a line per epoch; 2 only the lines
+                (for logs and CI); 0 prints nothing.
 
         Returns:
             The history, one row per finished epoch (also kept as ``self.history``): ``epoch``, ``train_loss``,
@@ -188,7 +193,7 @@ class KerasModel:
         train_pass = self._epoch_runner("train", callbacks, verbose)
         val_pass = None if val_data is None else self._epoch_runner("val", callbacks, verbose)
         history = History(columns)
-        self.history, self.stop_training, logs = history.frame, False, {}
+        self._history, self.stop_training, logs = history, False, {}
         callbacks.call("on_fit_begin", self, {})
         try:
             for epoch in range(1, epochs + 1):
@@ -199,7 +204,6 @@ class KerasModel:
                     logs.update(val_pass(val_data, epoch=epoch, epochs=epochs))
                 logs.update(lr=lr, time=time.perf_counter() - start)
                 history.append(logs)
-                self.history = history.frame
                 if verbose:
                     say(f"epoch {epoch}/{epochs}  {format_logs(logs)}")
                 callbacks.call("on_epoch_end", self, logs)
@@ -211,7 +215,7 @@ class KerasModel:
                 say(f"interrupted: fit stops after {len(history.rows)} finished epochs")
         finally:
             callbacks.call_all("on_fit_end", self, logs)
-        return self.history
+        return history.frame
 
     def evaluate(self, data: Iterable, verbose: int = 0) -> dict[str, float]:
         """One pass over ``data`` without training: ``{"val_loss": ..., "val_<metric>": ...}``.

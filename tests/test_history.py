@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pandas as pd
 import pytest
 
 from kerasish.history import History, history_columns
@@ -114,3 +115,19 @@ def test_a_missing_known_column_is_nan():
     history = History(COLUMNS)
     history.append({"epoch": 1, "train_loss": 0.5, "lr": 0.1, "time": 0.2})
     assert math.isnan(history.frame["val_loss"].iloc[0])
+
+
+def test_the_frame_is_built_once_per_read_after_an_append(monkeypatch):
+    history = History(COLUMNS)
+    built = []
+    real = pd.DataFrame
+    monkeypatch.setattr(pd, "DataFrame", lambda *a, **k: built.append(1) or real(*a, **k))
+    for epoch in range(1, 6):
+        history.append(row(epoch))
+    assert built == []  # appending builds nothing
+    first = history.frame
+    assert history.frame is first
+    assert len(built) == 1
+    history.append(row(6))
+    assert history.frame["epoch"].tolist() == [1, 2, 3, 4, 5, 6]
+    assert len(built) == 2

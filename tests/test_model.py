@@ -183,6 +183,25 @@ def test_ctrl_c_returns_the_history_so_far_with_the_best_weights():
     assert recorder.calls[-1] == ("on_fit_end", 2)
 
 
+def test_model_history_is_empty_before_fit_and_holds_the_rows_so_far_during_it():
+    class Seen(Callback):
+        def __init__(self):
+            self.lengths, self.last_epochs = [], []
+
+        def on_epoch_end(self, model, logs):
+            self.lengths.append(len(model.history))
+            self.last_epochs.append(model.history["epoch"].iloc[-1])
+
+    data = regression_batches()
+    model = KerasModel(nn.Linear(3, 1), nn.MSELoss(), device="cpu")
+    assert model.history.empty
+    seen = Seen()
+    history = model.fit(data, data, epochs=3, patience=None, callbacks=[seen], verbose=0)
+    assert seen.lengths == [1, 2, 3]
+    assert seen.last_epochs == [1, 2, 3]
+    assert model.history is history
+
+
 def test_an_exception_from_a_callback_propagates_after_the_best_weights_are_back():
     class FailAtEpoch3(Callback):
         def on_epoch_end(self, model, logs):
