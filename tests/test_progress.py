@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import time
 
 import tqdm.auto
 
@@ -46,3 +47,24 @@ def test_bars_come_from_tqdm_auto_so_they_render_as_widgets_in_notebooks():
         assert isinstance(bar.bar, tqdm.auto.tqdm)
     finally:
         bar.close()
+
+
+def run_pass(steps: int, pause: float = 0.0) -> None:
+    bar = PassProgress(enabled=True, description="epoch 1/1 train", total=steps, read_loss=None)
+    for _ in range(steps):
+        time.sleep(pause)
+        bar.step()
+    bar.close()
+
+
+def test_a_pass_shorter_than_the_delay_draws_no_bar(capsys):
+    run_pass(3)
+    assert capsys.readouterr() == ("", "")
+
+
+def test_a_pass_longer_than_the_delay_draws_its_bar_and_erases_it(capsys, monkeypatch):
+    monkeypatch.setattr(progress, "BAR_DELAY_SECONDS", 0.05)
+    run_pass(2, pause=0.12)  # tqdm redraws at most every 0.1 s
+    err = capsys.readouterr().err
+    assert "epoch 1/1 train:  50%" in err or "epoch 1/1 train: 100%" in err
+    assert err.endswith("\r")  # leave=False: the line is cleared, the cursor back at its start

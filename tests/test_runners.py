@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
-from kerasish import Callback, KerasModel, StepRunner
+from kerasish import Callback, KerasModel, StepRunner, progress
 from kerasish.metrics import MetricSet
 from tests.helpers import regression_batches
 
@@ -150,7 +150,8 @@ class Stream(IterableDataset):
             yield x, x.sum(0, keepdim=True)
 
 
-def test_a_loader_over_an_iterable_dataset_trains_and_shows_a_bar_without_total(capsys):
+def test_a_loader_over_an_iterable_dataset_trains_and_shows_a_bar_without_total(capsys, monkeypatch):
+    monkeypatch.setattr(progress, "BAR_DELAY_SECONDS", 0.0)  # draw even these millisecond passes
     loader = DataLoader(Stream(40), batch_size=8)
     with pytest.raises(TypeError):
         len(loader)
