@@ -7,6 +7,10 @@ for ``--long`` epochs; the difference divided by the extra epochs is the cost of
 start-up, imports and the first epoch's warm-up. An instruction is not a fixed amount of time, but the two loops run
 the same torch kernels on the same data, so the ratio of their counts is a fair, noise-free view of the overhead.
 
+Two things would make the counts wander from run to run, and both are pinned: string hashing is seeded afresh in
+every process, which changes how long dict lookups probe (``PYTHONHASHSEED=0``), and an idle OpenBLAS thread pool
+(scipy's, loaded with torchmetrics) spins for as long as the scheduler lets it (the thread counts of ``run.py``).
+
     python benchmarks/instructions.py [--workload w1] [--short 2] [--long 5] [--jobs 2]
 
 Slow: callgrind runs the program about 50 times slower (about 3 minutes per W1 run; valgrind must be installed).
@@ -22,6 +26,8 @@ import sys
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+from run import worker_env
 
 HERE = Path(__file__).resolve().parent
 VARIANTS = ("hand", "kerasish-v0", "kerasish-v1")
@@ -42,7 +48,8 @@ def count(workload: str, variant: str, epochs: int, folder: Path) -> int:
         "--threads=1",
         f"--out={out}",
     ]
-    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    env = {**worker_env(threads=1), "PYTHONHASHSEED": "0"}
+    result = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
     match = re.search(r"Collected : (\d+)", result.stderr)
     if result.returncode != 0 or match is None:
         raise RuntimeError(f"{variant} ({epochs} epochs) failed under callgrind:\n{result.stderr[-2000:]}")
