@@ -36,16 +36,24 @@ def to_device(data: Any, device: torch.device) -> Any:
     as it is. Copies to an accelerator are non-blocking, so a copy from pinned memory overlaps with compute; copies
     to the CPU block, since the host reads them at once.
     """
+    return _move(data, device, non_blocking=device.type != "cpu")
+
+
+def _move(data: Any, device: torch.device, non_blocking: bool) -> Any:
+    # Runs on every batch of every step: the common (x, y) tuple of tensors takes the first two branches only.
     if isinstance(data, torch.Tensor):
-        return data.to(device, non_blocking=device.type != "cpu")
-    if isinstance(data, tuple) and hasattr(data, "_fields"):  # a namedtuple takes its fields as arguments
-        return type(data)(*(to_device(item, device) for item in data))
+        return data.to(device, non_blocking=True) if non_blocking else data.to(device)
     if isinstance(data, (tuple, list)):
-        return type(data)(to_device(item, device) for item in data)
+        items = [_move(item, device, non_blocking) for item in data]
+        if type(data) is tuple:
+            return tuple(items)
+        if isinstance(data, tuple) and hasattr(data, "_fields"):  # a namedtuple takes its fields as arguments
+            return type(data)(*items)
+        return type(data)(items)
     if callable(getattr(data, "to", None)):
         return data.to(device)
     if isinstance(data, Mapping):
-        return {key: to_device(value, device) for key, value in data.items()}
+        return {key: _move(value, device, non_blocking) for key, value in data.items()}
     return data
 
 
