@@ -1,11 +1,12 @@
 """Instructions per epoch under valgrind's callgrind: a cost measure the machine's other tenants cannot disturb.
 
 Wall-clock timings on a shared machine move by tens of percent with the neighbours' load, which can hide a 5 %
-target either way. Instruction counts do not move: the same program on the same inputs executes the same
-instructions, whatever else runs. Each variant runs twice in a fresh process under callgrind, for ``--short`` and
-for ``--long`` epochs; the difference divided by the extra epochs is the cost of one steady-state epoch, without
-start-up, imports and the first epoch's warm-up. An instruction is not a fixed amount of time, but the two loops run
-the same torch kernels on the same data, so the ratio of their counts is a fair, noise-free view of the overhead.
+target either way. Instruction counts hardly move: the same program on the same inputs executes nearly the same
+instructions, whatever else runs (they repeat to about 0.2 %). Each variant runs twice in a fresh process under
+callgrind, for ``--short`` and for ``--long`` epochs; the difference divided by the extra epochs is the cost of one
+steady-state epoch, without start-up, imports and the first epoch's warm-up. An instruction is not a fixed amount of
+time, but the two loops run the same torch kernels on the same data, so the ratio of their counts is a fair, nearly
+noise-free view of the overhead.
 
 Two things would make the counts wander from run to run, and both are pinned: string hashing is seeded afresh in
 every process, which changes how long dict lookups probe (``PYTHONHASHSEED=0``), and an idle OpenBLAS thread pool
