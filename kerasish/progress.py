@@ -7,7 +7,7 @@ import sys
 import time
 from collections.abc import Callable
 
-from tqdm.auto import tqdm
+from tqdm.std import tqdm as std_tqdm
 
 # The bar's loss is read from the device (a host sync) at most this often.
 REFRESH_SECONDS = 0.5
@@ -18,7 +18,7 @@ BAR_DELAY_SECONDS = 0.5
 
 def say(message: str) -> None:
     """Prints a line to stdout without tearing an open progress bar."""
-    tqdm.write(message, file=sys.stdout)
+    std_tqdm.write(message, file=sys.stdout)
 
 
 def format_logs(logs: dict) -> str:
@@ -53,11 +53,13 @@ class PassProgress:
     def __init__(
         self, *, enabled: bool, description: str, total: int | None, read_loss: Callable[[], float] | None
     ) -> None:
-        self.bar = (
-            tqdm(total=total, desc=description, leave=False, dynamic_ncols=True, delay=BAR_DELAY_SECONDS)
-            if enabled
-            else None
-        )
+        self.bar = None
+        if enabled:
+            # Imported when a bar is first wanted: in a notebook without ipywidgets, tqdm.auto warns on import,
+            # and a fit with verbose=0 or 2 should not show that.
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, desc=description, leave=False, dynamic_ncols=True, delay=BAR_DELAY_SECONDS)
         self.read_loss = read_loss
         self.next_refresh = time.monotonic() + REFRESH_SECONDS
 
