@@ -6,6 +6,7 @@ from kerasish.callbacks import (
     CSVLogger,
     EarlyStopping,
     LambdaCallback,
+    LivePlot,
     ModelCheckpoint,
     ReduceLROnPlateau,
     TensorBoard,
@@ -13,6 +14,7 @@ from kerasish.callbacks import (
 )
 from kerasish.model import KerasModel
 from kerasish.monitor import BestSoFar, Monitor
+from kerasish.plotting import plot_history
 from kerasish.runners import EpochRunner, StepRunner
 from kerasish.seeding import seed_everything
 from kerasish.summary import ModelSummary, summary
@@ -28,6 +30,7 @@ __all__ = [
     "EpochRunner",
     "KerasModel",
     "LambdaCallback",
+    "LivePlot",
     "ModelCheckpoint",
     "ModelSummary",
     "Monitor",
@@ -36,6 +39,7 @@ __all__ = [
     "TensorBoard",
     "TerminateOnNaN",
     "__version__",
+    "plot_history",
     "seed_everything",
     "summary",
 ]

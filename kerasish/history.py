@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 
 import pandas as pd
+
+from kerasish.monitor import Monitor
 
 
 def history_columns(metric_names: Iterable[str], *, has_val: bool) -> list[str]:
@@ -22,10 +25,14 @@ class History:
     The frame is built when it is read, not at every epoch: building a DataFrame costs about 0.2 ms, which a fit
     would otherwise pay each epoch whether anyone looks or not. Reading it twice without an epoch in between gives
     the same object.
+
+    The frame remembers the fit's :class:`~kerasish.Monitor` in ``frame.attrs["monitor"]`` (a dict of its fields),
+    so :func:`~kerasish.plot_history` marks the epoch that early stopping and best-weight restore chose.
     """
 
-    def __init__(self, columns: list[str]) -> None:
+    def __init__(self, columns: list[str], monitor: Monitor | None = None) -> None:
         self.columns = list(columns)
+        self.monitor = monitor
         self.rows: list[dict] = []
         self._known = set(self.columns)
         self._extra: dict[str, None] = {}  # columns beyond the known ones, in the order they first appeared
@@ -43,4 +50,6 @@ class History:
         """The rows so far as a DataFrame with the known columns first; empty (with the columns) before any."""
         if self._frame is None:
             self._frame = pd.DataFrame(self.rows, columns=[*self.columns, *self._extra])
+            if self.monitor is not None:
+                self._frame.attrs["monitor"] = dataclasses.asdict(self.monitor)
         return self._frame

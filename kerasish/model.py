@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -22,12 +23,13 @@ from kerasish.arguments import (
     default_optimizer,
 )
 from kerasish.batches import preds_of, split_batch
-from kerasish.callbacks import BestWeights, Callback, CallbackList, EarlyStopping, ModelCheckpoint
+from kerasish.callbacks import BestWeights, Callback, CallbackList, EarlyStopping, LivePlot, ModelCheckpoint
 from kerasish.checkpoint import atomic_save, check_writable, load_weights
 from kerasish.device import move_optimizer_state, resolve_device, to_device
 from kerasish.history import History
 from kerasish.metrics import MetricLike, MetricSet, check_metrics
 from kerasish.monitor import Monitor
+from kerasish.plotting import in_notebook
 from kerasish.precision import autocast, check_precision
 from kerasish.progress import PassProgress, format_logs, say
 from kerasish.summary import ModelSummary, summary
@@ -136,6 +138,7 @@ class KerasModel:
         ckpt_path: str | os.PathLike | None = None,
         callbacks: Sequence[Callback] | None = None,
         verbose: int = 1,
+        plot: bool | str | os.PathLike = False,
     ) -> pd.DataFrame:
         """Trains for up to ``epochs`` epochs and leaves the best epoch's weights in the net.
 
@@ -160,6 +163,11 @@ class KerasModel:
             callbacks: more :class:`~kerasish.Callback` instances, run in order after the built-in ones.
             verbose: 1 shows a progress bar per pass (from 0.5 s into it) and a line per epoch; 2 only the lines
                 (for logs and CI); 0 prints nothing.
+            plot: ``True`` draws the history's curves (:func:`~kerasish.plot_history`, needs matplotlib): in a
+                notebook live, one figure redrawn after each epoch; elsewhere the final figure is written as a new
+                ``history.png`` beside ``ckpt_path`` (else in the current directory) and its path printed. A path
+                (``"runs/curves.svg"``) names the file instead, also in a notebook. ``False``: nothing is drawn or
+                written. See :class:`~kerasish.LivePlot`.
 
         Returns:
             The history, one row per finished epoch (also kept as ``self.history``): ``epoch``, ``train_loss``,
@@ -187,12 +195,13 @@ class KerasModel:
         columns = check_fit_args(self, train_data, val_data, epochs=epochs, monitor=monitor, mode=mode, verbose=verbose)
         watched = Monitor(monitor, mode, min_delta, delta_mode)
         builtins = self._builtin_callbacks(watched, patience, restore_best_weights, ckpt_path, verbose)
+        builtins += live_plot(plot, ckpt_path, verbose)
         callbacks = CallbackList([*builtins, *(callbacks or [])])
         if self.optimizer is None:
             self.optimizer = default_optimizer(self.net)
         train_pass = self._epoch_runner("train", callbacks, verbose)
         val_pass = None if val_data is None else self._epoch_runner("val", callbacks, verbose)
-        history = History(columns)
+        history = History(columns, monitor=watched)
         self._history, self.stop_training, logs = history, False, {}
         callbacks.call("on_fit_begin", self, {})
         try:
@@ -360,3 +369,15 @@ class KerasModel:
             self.lr_scheduler.step(logs[monitor])
         else:
             self.lr_scheduler.step()
+
+
+def live_plot(plot: Any, ckpt_path: str | os.PathLike | None, verbose: int) -> list[LivePlot]:
+    """The callback ``fit(plot=...)`` asks for, if any: drawn live in a notebook, else written beside the run."""
+    if plot is False:
+        return []
+    if plot is True:
+        beside = Path(ckpt_path).parent if ckpt_path is not None and "{" not in str(Path(ckpt_path).parent) else None
+        return [LivePlot(None if in_notebook() else beside, verbose=verbose)]
+    if not isinstance(plot, (str, os.PathLike)):
+        raise TypeError(f"plot={plot!r} is not valid; use True, False or an image file path such as 'history.png'")
+    return [LivePlot(plot, verbose=verbose)]

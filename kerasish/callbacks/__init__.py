@@ -5,6 +5,7 @@ from kerasish.callbacks.best_weights import BestWeights
 from kerasish.callbacks.csv_logger import CSVLogger
 from kerasish.callbacks.early_stopping import EarlyStopping
 from kerasish.callbacks.lambda_callback import LambdaCallback
+from kerasish.callbacks.live_plot import LivePlot
 from kerasish.callbacks.model_checkpoint import ModelCheckpoint
 from kerasish.callbacks.reduce_lr_on_plateau import ReduceLROnPlateau
 from kerasish.callbacks.tensorboard import TensorBoard
@@ -17,6 +18,7 @@ __all__ = [
     "CallbackList",
     "EarlyStopping",
     "LambdaCallback",
+    "LivePlot",
     "ModelCheckpoint",
     "ReduceLROnPlateau",
     "TensorBoard",
