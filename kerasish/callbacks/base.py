@@ -60,9 +60,25 @@ class Callback:
     and load it with :meth:`state_dict` / :meth:`load_state_dict`, so a resumed fit carries on where it stopped.
 
     Example:
-        >>> class PrintLoss(Callback):
+        >>> import torch
+        >>> from torch import nn
+        >>> from kerasish import Callback, KerasModel
+        >>> class PrintAndStop(Callback):
         ...     def on_epoch_end(self, model, logs):
-        ...         print(f"epoch {logs['epoch']}: {logs['train_loss']:.3f}")
+        ...         print(f"epoch {logs['epoch']}: train_loss={logs['train_loss']:.3f}")
+        ...         if logs["train_loss"] < 0.3:
+        ...             model.stop_training = True  # the fit ends after this epoch
+        >>> _ = torch.manual_seed(0)
+        >>> x = torch.randn(32, 2)
+        >>> net = nn.Linear(2, 1)
+        >>> model = KerasModel(net, nn.MSELoss(), optimizer=torch.optim.SGD(net.parameters(), lr=0.1), device="cpu")
+        >>> history = model.fit([(x, x.sum(1, keepdim=True))], epochs=10, callbacks=[PrintAndStop()], verbose=0)
+        epoch 1: train_loss=2.544
+        epoch 2: train_loss=1.147
+        epoch 3: train_loss=0.520
+        epoch 4: train_loss=0.237
+        >>> len(history)
+        4
     """
 
     def on_fit_begin(self, model: KerasModel, logs: Logs) -> None:

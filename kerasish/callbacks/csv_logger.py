@@ -37,17 +37,21 @@ class CSVLogger(Callback):
         >>> from pathlib import Path
         >>> import torch
         >>> from torch import nn
-        >>> from kerasish import KerasModel
-        >>> from kerasish.callbacks.csv_logger import CSVLogger
-        >>> x = torch.randn(8, 2)
-        >>> batches = [(x, x.sum(1, keepdim=True))]
-        >>> model = KerasModel(nn.Linear(2, 1), nn.MSELoss(), device="cpu")
+        >>> from kerasish import CSVLogger, KerasModel
+        >>> net = nn.Linear(1, 1, bias=False)
+        >>> _ = nn.init.zeros_(net.weight)
+        >>> x = torch.ones(4, 1)
+        >>> model = KerasModel(net, nn.MSELoss(), optimizer=torch.optim.SGD(net.parameters(), lr=0.125), device="cpu")
         >>> with tempfile.TemporaryDirectory() as tmp:
         ...     path = Path(tmp) / "history.csv"
-        ...     _ = model.fit(batches, batches, epochs=2, callbacks=[CSVLogger(path)], verbose=0)
+        ...     _ = model.fit([(x, 2 * x)], [(x, x)], epochs=3, callbacks=[CSVLogger(path)], verbose=0)
         ...     lines = path.read_text().splitlines()
-        >>> lines[0], len(lines)
-        ('epoch,train_loss,val_loss,lr,time', 3)
+        >>> for line in lines:
+        ...     print(line.rsplit(",", 1)[0])  # all but the last column, the epoch's wall time
+        epoch,train_loss,val_loss,lr
+        1,4.0,0.25,0.125
+        2,2.25,0.015625,0.125
+        3,1.265625,0.0244140625,0.125
     """
 
     def __init__(self, path: str | os.PathLike, *, append: bool = False, separator: str = ",") -> None:

@@ -46,17 +46,22 @@ class EarlyStopping(Callback):
         stopped_epoch: the epoch at which this callback stopped the fit, or ``None``.
 
     Example:
-        >>> from types import SimpleNamespace
-        >>> from kerasish import EarlyStopping
-        >>> stop = EarlyStopping("val_acc", mode="max", patience=2)
-        >>> model = SimpleNamespace(stop_training=False)
-        >>> stop.on_fit_begin(model, {})
-        >>> for epoch, acc in enumerate([0.80, 0.90, 0.89, 0.90, 0.95], start=1):
-        ...     stop.on_epoch_end(model, {"epoch": epoch, "val_acc": acc})
-        ...     if model.stop_training:
-        ...         break
-        >>> stop.stopped_epoch, stop.best.epoch
-        (4, 2)
+        The val loss is least at epoch 2, so with ``patience=2`` the fit stops after epoch 4, and ``fit``'s restore
+        puts epoch 2's weight (0.875) back. ``fit``'s own ``patience`` is off, so this callback alone decides:
+
+        >>> import torch
+        >>> from torch import nn
+        >>> from kerasish import EarlyStopping, KerasModel
+        >>> net = nn.Linear(1, 1, bias=False)
+        >>> _ = nn.init.zeros_(net.weight)
+        >>> x = torch.ones(4, 1)
+        >>> train, val = [(x, 2 * x)], [(x, x)]  # training pulls the weight toward 2; the val loss is least at 1
+        >>> model = KerasModel(net, nn.MSELoss(), optimizer=torch.optim.SGD(net.parameters(), lr=0.125), device="cpu")
+        >>> stop = EarlyStopping("val_loss", patience=2, verbose=1)
+        >>> history = model.fit(train, val, epochs=20, patience=None, callbacks=[stop], verbose=0)
+        early stop at epoch 4: val_loss has not improved for 2 epochs (best 0.0156 at epoch 2)
+        >>> len(history), stop.stopped_epoch, stop.best.epoch, net.weight.item()
+        (4, 4, 2, 0.875)
     """
 
     def __init__(

@@ -30,16 +30,22 @@ class LambdaCallback(Callback):
         TypeError: an unknown hook name, or a value that is not a function of ``(model, logs)``.
 
     Example:
-        >>> from kerasish.callbacks.base import CallbackList
-        >>> from kerasish.callbacks.lambda_callback import LambdaCallback
-        >>> losses = []
-        >>> keep = LambdaCallback(on_epoch_end=lambda model, logs: losses.append(logs["train_loss"]))
-        >>> callbacks = CallbackList([keep])
-        >>> callbacks.overrides("on_epoch_end"), callbacks.overrides("on_train_batch_end")
-        (True, False)
-        >>> callbacks.call("on_epoch_end", None, {"epoch": 1, "train_loss": 0.25})
-        >>> losses
-        [0.25]
+        >>> import torch
+        >>> from torch import nn
+        >>> from kerasish import KerasModel, LambdaCallback
+        >>> _ = torch.manual_seed(0)
+        >>> x = torch.randn(32, 2)
+        >>> net = nn.Linear(2, 1)
+        >>> model = KerasModel(net, nn.MSELoss(), optimizer=torch.optim.SGD(net.parameters(), lr=0.1), device="cpu")
+        >>> show = LambdaCallback(
+        ...     on_epoch_end=lambda model, logs: print(f"epoch {logs['epoch']}: train_loss={logs['train_loss']:.3f}"),
+        ...     on_fit_end=lambda model, logs: print(f"done: {len(model.history)} epochs"),
+        ... )
+        >>> _ = model.fit([(x, x.sum(1, keepdim=True))], epochs=3, callbacks=[show], verbose=0)
+        epoch 1: train_loss=2.544
+        epoch 2: train_loss=1.147
+        epoch 3: train_loss=0.520
+        done: 3 epochs
     """
 
     def __init__(self, **hooks: HookFunction) -> None:

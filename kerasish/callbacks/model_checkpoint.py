@@ -50,21 +50,27 @@ class ModelCheckpoint(Callback):
         written: the files this callback wrote in this fit and has not deleted, oldest first.
 
     Example:
-        >>> import os, shutil, tempfile
-        >>> from types import SimpleNamespace
+        The val loss improves at epochs 1 and 2 only, so those two files are written; ``best_path`` names the
+        second, and loading it brings back epoch 2's weight after the fit ended on epoch 4's:
+
+        >>> import os, tempfile
         >>> import torch
-        >>> from kerasish import ModelCheckpoint
-        >>> folder = tempfile.mkdtemp()
-        >>> ckpt = ModelCheckpoint(folder + "/epoch{epoch:02d}-loss{val_loss:.2f}.pt", every_n_epochs=1, keep_last=2)
-        >>> model = SimpleNamespace(net=torch.nn.Linear(2, 1))
-        >>> ckpt.on_fit_begin(model, {})
-        >>> for epoch, loss in enumerate([0.5, 0.4, 0.45], start=1):
-        ...     ckpt.on_epoch_end(model, {"epoch": epoch, "val_loss": loss})
-        >>> sorted(os.listdir(folder))
-        ['epoch02-loss0.40.pt', 'epoch03-loss0.45.pt']
-        >>> ckpt.best_path.name, ckpt.last_path.name
-        ('epoch02-loss0.40.pt', 'epoch03-loss0.45.pt')
-        >>> shutil.rmtree(folder)
+        >>> from torch import nn
+        >>> from kerasish import KerasModel, ModelCheckpoint
+        >>> net = nn.Linear(1, 1, bias=False)
+        >>> _ = nn.init.zeros_(net.weight)
+        >>> x = torch.ones(4, 1)
+        >>> train, val = [(x, 2 * x)], [(x, x)]  # training pulls the weight toward 2; the val loss is least at 1
+        >>> model = KerasModel(net, nn.MSELoss(), optimizer=torch.optim.SGD(net.parameters(), lr=0.125), device="cpu")
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     ckpt = ModelCheckpoint(os.path.join(tmp, "epoch{epoch:02d}-val_loss{val_loss:.4f}.pt"))
+        ...     _ = model.fit(train, val, epochs=4, restore_best_weights=False, callbacks=[ckpt], verbose=0)
+        ...     files, last_weight = sorted(os.listdir(tmp)), net.weight.item()
+        ...     model.load_ckpt(ckpt.best_path)
+        >>> files, ckpt.best_path.name
+        (['epoch01-val_loss0.2500.pt', 'epoch02-val_loss0.0156.pt'], 'epoch02-val_loss0.0156.pt')
+        >>> last_weight, net.weight.item()
+        (1.3671875, 0.875)
     """
 
     def __init__(

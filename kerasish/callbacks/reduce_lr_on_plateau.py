@@ -48,19 +48,22 @@ class ReduceLROnPlateau(Callback):
         cooldown_left: epochs still to skip after the last reduction.
 
     Example:
-        >>> from types import SimpleNamespace
+        With ``lr=1.0`` each step overshoots: the weight bounces between 0 and 4 around the best value 2, and the
+        loss stays at 4. After two epochs without improvement the learning rate is halved at the end of epoch 3;
+        epoch 4's step then lands on 2:
+
         >>> import torch
-        >>> from kerasish.callbacks.reduce_lr_on_plateau import ReduceLROnPlateau
-        >>> optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
-        >>> model = SimpleNamespace(optimizer=optimizer)
-        >>> plateau = ReduceLROnPlateau("val_loss", factor=0.5, patience=2)
-        >>> plateau.on_fit_begin(model, {})
-        >>> lrs = []
-        >>> for epoch, loss in enumerate([0.5, 0.4, 0.45, 0.41, 0.3, 0.35], start=1):
-        ...     plateau.on_epoch_end(model, {"epoch": epoch, "val_loss": loss})
-        ...     lrs.append(optimizer.param_groups[0]["lr"])
-        >>> lrs
-        [0.1, 0.1, 0.1, 0.05, 0.05, 0.05]
+        >>> from torch import nn
+        >>> from kerasish import KerasModel, ReduceLROnPlateau
+        >>> net = nn.Linear(1, 1, bias=False)
+        >>> _ = nn.init.zeros_(net.weight)
+        >>> x = torch.ones(4, 1)
+        >>> model = KerasModel(net, nn.MSELoss(), optimizer=torch.optim.SGD(net.parameters(), lr=1.0), device="cpu")
+        >>> plateau = ReduceLROnPlateau("train_loss", factor=0.5, patience=2, verbose=1)
+        >>> history = model.fit([(x, 2 * x)], epochs=5, callbacks=[plateau], verbose=0)
+        epoch 3: train_loss has not improved for 2 epochs; lr 1 -> 0.5
+        >>> history["train_loss"].tolist(), history["lr"].tolist(), net.weight.item()
+        ([4.0, 4.0, 4.0, 4.0, 0.0], [1.0, 1.0, 1.0, 0.5, 0.5], 2.0)
     """
 
     def __init__(

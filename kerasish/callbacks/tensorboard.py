@@ -42,16 +42,19 @@ class TensorBoard(Callback):
         >>> import torch
         >>> from torch import nn
         >>> from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-        >>> from kerasish import KerasModel
-        >>> from kerasish.callbacks.tensorboard import TensorBoard
-        >>> x = torch.randn(8, 2)
-        >>> batches = [(x, x.sum(1, keepdim=True))]
-        >>> model = KerasModel(nn.Linear(2, 1), nn.MSELoss(), device="cpu")
+        >>> from kerasish import KerasModel, TensorBoard
+        >>> net = nn.Linear(1, 1, bias=False)
+        >>> _ = nn.init.zeros_(net.weight)
+        >>> x = torch.ones(4, 1)
+        >>> model = KerasModel(net, nn.MSELoss(), metrics_dict={"mae": lambda preds, y: (preds - y).abs().mean()},
+        ...                    optimizer=torch.optim.SGD(net.parameters(), lr=0.125), device="cpu")
         >>> with tempfile.TemporaryDirectory() as tmp:
-        ...     _ = model.fit(batches, batches, epochs=3, callbacks=[TensorBoard(tmp)], verbose=0)
+        ...     _ = model.fit([(x, 2 * x)], [(x, x)], epochs=3, callbacks=[TensorBoard(tmp)], verbose=0)
         ...     events = EventAccumulator(tmp).Reload()
-        >>> sorted(events.Tags()["scalars"]), [event.step for event in events.Scalars("loss/val")]
-        (['loss/train', 'loss/val', 'lr', 'time'], [1, 2, 3])
+        >>> sorted(events.Tags()["scalars"])
+        ['loss/train', 'loss/val', 'lr', 'mae/train', 'mae/val', 'time']
+        >>> [(event.step, event.value) for event in events.Scalars("loss/val")]
+        [(1, 0.25), (2, 0.015625), (3, 0.0244140625)]
     """
 
     def __init__(self, log_dir: str | os.PathLike) -> None:

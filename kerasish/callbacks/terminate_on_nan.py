@@ -33,18 +33,23 @@ class TerminateOnNaN(Callback):
             while no loss was NaN or inf. Reset when a fit begins.
 
     Example:
-        >>> from types import SimpleNamespace
+        With ``lr=8.0`` every step overshoots and the loss grows 225-fold per batch until it overflows to inf in
+        epoch 5, at its first batch. That epoch still gets its row, and ``fit``'s restore brings back the best
+        (finite) weights:
+
+        >>> import math
         >>> import torch
-        >>> from kerasish.callbacks.terminate_on_nan import TerminateOnNaN
-        >>> model = SimpleNamespace(stop_training=False)
-        >>> stop = TerminateOnNaN()
-        >>> stop.on_fit_begin(model, {})
-        >>> for batch, loss in enumerate([0.7, 0.5, float("inf")]):
-        ...     stop.on_train_batch_end(model, {"epoch": 3, "batch": batch, "loss": torch.tensor(loss)})
-        ...     if model.stop_training:
-        ...         break
-        >>> model.stop_training, stop.stopped_at
-        (True, (3, 2))
+        >>> from torch import nn
+        >>> from kerasish import KerasModel, TerminateOnNaN
+        >>> net = nn.Linear(1, 1, bias=False)
+        >>> _ = nn.init.zeros_(net.weight)
+        >>> x = torch.ones(4, 1)
+        >>> model = KerasModel(net, nn.MSELoss(), optimizer=torch.optim.SGD(net.parameters(), lr=8.0), device="cpu")
+        >>> stop = TerminateOnNaN(verbose=1)
+        >>> history = model.fit([(x, 2 * x)] * 4, epochs=20, callbacks=[stop], verbose=0)
+        loss=inf at epoch 5, batch 0: training stops (TerminateOnNaN)
+        >>> stop.stopped_at, len(history), history["train_loss"].tolist()[-1], math.isfinite(net.weight.item())
+        ((5, 0), 5, inf, True)
     """
 
     def __init__(self, *, verbose: int = 0) -> None:
