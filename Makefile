@@ -2,7 +2,7 @@
 VENV ?= .venv
 PYTHON ?= python3
 STAMP := $(VENV)/.installed
-LINT_PATHS := kerasish tests examples benchmarks
+LINT_PATHS := kerasish tests examples benchmarks notebooks
 
 .PHONY: venv demo test lint bench clean
 
