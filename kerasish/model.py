@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -23,15 +22,16 @@ from kerasish.arguments import (
     default_optimizer,
 )
 from kerasish.batches import preds_of, split_batch
-from kerasish.callbacks import BestWeights, Callback, CallbackList, EarlyStopping, LivePlot, ModelCheckpoint
+from kerasish.callbacks import BestWeights, Callback, CallbackList, EarlyStopping, ModelCheckpoint
+from kerasish.callbacks.live_plot import plot_callbacks
 from kerasish.checkpoint import atomic_save, check_writable, load_weights
 from kerasish.device import move_optimizer_state, resolve_device, to_device
 from kerasish.history import History
 from kerasish.metrics import MetricLike, MetricSet, check_metrics
 from kerasish.monitor import Monitor
-from kerasish.plotting import in_notebook
 from kerasish.precision import autocast, check_precision
 from kerasish.progress import PassProgress, format_logs, say
+from kerasish.resume import RunState
 from kerasish.summary import ModelSummary, summary
 
 
@@ -139,6 +139,8 @@ class KerasModel:
         callbacks: Sequence[Callback] | None = None,
         verbose: int = 1,
         plot: bool | str | os.PathLike = False,
+        state_path: str | os.PathLike | None = None,
+        resume: bool = False,
     ) -> pd.DataFrame:
         """Trains for up to ``epochs`` epochs and leaves the best epoch's weights in the net.
 
@@ -168,6 +170,14 @@ class KerasModel:
                 ``history.png`` beside ``ckpt_path`` (else in the current directory) and its path printed. A path
                 (``"runs/curves.svg"``) names the file instead, also in a notebook. ``False``: nothing is drawn or
                 written. See :class:`~kerasish.LivePlot`.
+            state_path: write the run's whole state here (atomically) after every epoch: weights, optimizer,
+                scheduler, every callback's state, the history and the random generators (see
+                :mod:`kerasish.resume`); nothing is written without it. An existing file is an error unless
+                ``resume=True``.
+            resume: continue the run saved at ``state_path`` with its next epoch, up to ``epochs`` in all, ending as
+                the uninterrupted run would have; no file yet starts a new run. Pass the same arguments, net,
+                optimizer, scheduler, loaders and callbacks (same kinds, same order) as the saved run; a run that
+                early stopping ended trains no further. A ``CSVLogger`` continues its file with ``append=True``.
 
         Returns:
             The history, one row per finished epoch (also kept as ``self.history``): ``epoch``, ``train_loss``,
@@ -176,7 +186,8 @@ class KerasModel:
             sample-weighted means over the pass.
 
         Raises:
-            ValueError, TypeError: a bad argument, before any training step.
+            ValueError, TypeError: a bad argument, or a state file that is not one or does not match this fit,
+                before any training step.
 
         Example:
             >>> import torch
@@ -195,17 +206,21 @@ class KerasModel:
         columns = check_fit_args(self, train_data, val_data, epochs=epochs, monitor=monitor, mode=mode, verbose=verbose)
         watched = Monitor(monitor, mode, min_delta, delta_mode)
         builtins = self._builtin_callbacks(watched, patience, restore_best_weights, ckpt_path, verbose)
-        builtins += live_plot(plot, ckpt_path, verbose)
+        builtins += plot_callbacks(plot, ckpt_path, verbose)
         callbacks = CallbackList([*builtins, *(callbacks or [])])
         if self.optimizer is None:
             self.optimizer = default_optimizer(self.net)
         train_pass = self._epoch_runner("train", callbacks, verbose)
         val_pass = None if val_data is None else self._epoch_runner("val", callbacks, verbose)
         history = History(columns, monitor=watched)
-        self._history, self.stop_training, logs = history, False, {}
+        run = RunState.open(
+            state_path, resume, model=self, history=history, callbacks=callbacks, runner=train_pass, loader=train_data
+        )
+        self._history, self.stop_training = history, False
         callbacks.call("on_fit_begin", self, {})
         try:
-            for epoch in range(1, epochs + 1):
+            first_epoch = run.restore(epochs=epochs, verbose=verbose)
+            for epoch in range(first_epoch, epochs + 1):
                 callbacks.call("on_epoch_begin", self, {"epoch": epoch})
                 lr, start = self._lr(), time.perf_counter()
                 logs = {"epoch": epoch, **train_pass(train_data, epoch=epoch, epochs=epochs)}
@@ -217,13 +232,15 @@ class KerasModel:
                     say(f"epoch {epoch}/{epochs}  {format_logs(logs)}")
                 callbacks.call("on_epoch_end", self, logs)
                 self._step_scheduler(logs, monitor)
+                run.save(epochs=epochs)
                 if self.stop_training:
                     break
         except KeyboardInterrupt:
             if verbose:
                 say(f"interrupted: fit stops after {len(history.rows)} finished epochs")
         finally:
-            callbacks.call_all("on_fit_end", self, logs)
+            # The last finished epoch's row: an epoch cut short (an error or Ctrl-C in its val pass) has none.
+            callbacks.call_all("on_fit_end", self, dict(history.rows[-1]) if history.rows else {})
         return history.frame
 
     def evaluate(self, data: Iterable, verbose: int = 0) -> dict[str, float]:
@@ -369,15 +386,3 @@ class KerasModel:
             self.lr_scheduler.step(logs[monitor])
         else:
             self.lr_scheduler.step()
-
-
-def live_plot(plot: Any, ckpt_path: str | os.PathLike | None, verbose: int) -> list[LivePlot]:
-    """The callback ``fit(plot=...)`` asks for, if any: drawn live in a notebook, else written beside the run."""
-    if plot is False:
-        return []
-    if plot is True:
-        beside = Path(ckpt_path).parent if ckpt_path is not None and "{" not in str(Path(ckpt_path).parent) else None
-        return [LivePlot(None if in_notebook() else beside, verbose=verbose)]
-    if not isinstance(plot, (str, os.PathLike)):
-        raise TypeError(f"plot={plot!r} is not valid; use True, False or an image file path such as 'history.png'")
-    return [LivePlot(plot, verbose=verbose)]

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from kerasish import Callback, EarlyStopping, EpochRunner, KerasModel
+from kerasish import Callback, EarlyStopping, EpochRunner, KerasModel, LambdaCallback
 from tests.helpers import EpochTag, Recorder, mlp, regression_batches, tagged_linear
 
 
@@ -681,3 +681,27 @@ def test_summary_counts_every_parameter_once_and_prints_the_table(capsys):
     assert result.trainable_params == 330
     assert [row.output_shape for row in result.rows] == [(2, 32), (2, 32), (2, 10)]
     assert "Total params: 2,410" in capsys.readouterr().out
+
+
+def test_on_fit_end_gets_the_last_finished_row_when_an_epoch_is_cut_short_in_its_val_pass():
+    batches = regression_batches()
+
+    class FailsOnSecondPass:
+        def __init__(self) -> None:
+            self.passes = 0
+
+        def __iter__(self):
+            self.passes += 1
+            if self.passes == 2:
+                raise RuntimeError("val data went away")
+            return iter(batches)
+
+    seen = []
+    model = KerasModel(nn.Linear(3, 1), nn.MSELoss(), device="cpu")
+    with pytest.raises(RuntimeError, match="val data went away"):
+        model.fit(
+            batches, FailsOnSecondPass(), epochs=3, verbose=0,
+            callbacks=[LambdaCallback(on_fit_end=lambda model, logs: seen.append(dict(logs)))],
+        )  # fmt: skip
+    assert [sorted(logs) for logs in seen] == [["epoch", "lr", "time", "train_loss", "val_loss"]]
+    assert seen[0]["epoch"] == 1 and seen[0] == model.history.iloc[0].to_dict() | {"epoch": 1}

@@ -144,6 +144,18 @@ class LivePlot(Callback):
         return next(path for path in candidates if not path.exists())
 
 
+def plot_callbacks(plot: Any, ckpt_path: str | os.PathLike | None, verbose: int) -> list[LivePlot]:
+    """The callback ``fit(plot=...)`` asks for, if any: drawn live in a notebook, else written beside the run."""
+    if plot is False:
+        return []
+    if plot is True:
+        beside = Path(ckpt_path).parent if ckpt_path is not None and "{" not in str(Path(ckpt_path).parent) else None
+        return [LivePlot(None if plotting.in_notebook() else beside, verbose=verbose)]
+    if not isinstance(plot, (str, os.PathLike)):
+        raise TypeError(f"plot={plot!r} is not valid; use True, False or an image file path such as 'history.png'")
+    return [LivePlot(plot, verbose=verbose)]
+
+
 def _check_path(path: str | os.PathLike) -> Path:
     """A writable directory, or a writable file path whose suffix matplotlib can write."""
     from matplotlib.backend_bases import FigureCanvasBase
