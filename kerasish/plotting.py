@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from kerasish.monitor import Monitor
+from kerasish.monitor import BestSoFar, Monitor
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -109,11 +109,10 @@ def draw_history(figure: Figure, history: pd.DataFrame, panels: Sequence[str], w
 
 def best_epoch(history: pd.DataFrame, watched: Monitor) -> int | None:
     """The epoch whose ``watched`` value is best by the early-stopping rule; ``None`` if no value counts."""
-    best_value, best = None, None
-    for epoch, value in zip(history["epoch"], history[watched.name], strict=True):
-        if watched.improved(float(value), best_value):
-            best_value, best = float(value), int(epoch)
-    return best
+    best = BestSoFar(watched)
+    for row in history[["epoch", watched.name]].to_dict("records"):
+        best.update(row)
+    return None if best.epoch is None else int(best.epoch)
 
 
 def in_notebook() -> bool:
