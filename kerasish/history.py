@@ -19,6 +19,21 @@ def history_columns(metric_names: Iterable[str], *, has_val: bool) -> list[str]:
     return [*columns, "lr", "time"]
 
 
+def split_stage(column: object) -> tuple[str, str] | None:
+    """``"val_acc"`` -> ``("val", "acc")``: a ``train_<name>`` / ``val_<name>`` column's stage and name; else ``None``.
+
+    Example:
+        >>> split_stage("train_loss"), split_stage("lr"), split_stage("val_")
+        (('train', 'loss'), None, None)
+    """
+    if isinstance(column, str):
+        for stage in ("train", "val"):
+            prefix = f"{stage}_"
+            if column.startswith(prefix) and len(column) > len(prefix):
+                return stage, column[len(prefix) :]
+    return None
+
+
 class History:
     """One row per finished epoch; :attr:`frame` is the pandas view of the rows so far.
 

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from kerasish.history import split_stage
 from kerasish.monitor import BestSoFar, Monitor
 
 if TYPE_CHECKING:
@@ -138,7 +139,7 @@ def panels_of(history: Any, metrics: Sequence[str] | None = None) -> list[str]:
         raise TypeError(f"metrics must be a list of names, e.g. [{metrics!r}]; got the string {metrics!r}")
     unknown = [name for name in metrics if name not in found and (name not in history or name == "epoch")]
     if unknown:
-        available = [*found, *(c for c in history.columns if c != "epoch" and not _has_stage(c))]
+        available = [*found, *(c for c in history.columns if c != "epoch" and split_stage(c) is None)]
         raise ValueError(
             f"metrics={list(metrics)!r}: {', '.join(map(repr, unknown))} not in the history; "
             f"available: {', '.join(map(str, available))}"
@@ -147,16 +148,8 @@ def panels_of(history: Any, metrics: Sequence[str] | None = None) -> list[str]:
 
 
 def _stage_metrics(history: pd.DataFrame) -> list[str]:
-    names: dict[str, None] = {}
-    for column in history.columns:
-        for stage in STAGES:
-            if isinstance(column, str) and column.startswith(f"{stage}_") and len(column) > len(stage) + 1:
-                names[column[len(stage) + 1 :]] = None
+    names = dict.fromkeys(split[1] for split in map(split_stage, history.columns) if split is not None)
     return sorted(names, key=lambda name: name != "loss")  # stable: loss first, the rest in column order
-
-
-def _has_stage(column: Any) -> bool:
-    return isinstance(column, str) and any(column.startswith(f"{stage}_") for stage in STAGES)
 
 
 def best_rule(history: pd.DataFrame, monitor: str | None = None, mode: str | None = None) -> Monitor:

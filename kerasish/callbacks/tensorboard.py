@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kerasish.callbacks.base import Callback, Logs
+from kerasish.history import split_stage
 
 if TYPE_CHECKING:
     from kerasish.model import KerasModel
@@ -86,11 +87,8 @@ class TensorBoard(Callback):
 
 def _scalar_tag(column: str) -> str:
     """``train_acc`` -> ``acc/train``, ``val_acc`` -> ``acc/val``; any other column keeps its name."""
-    for stage in ("train", "val"):
-        prefix = f"{stage}_"
-        if column.startswith(prefix) and len(column) > len(prefix):
-            return f"{column[len(prefix) :]}/{stage}"
-    return column
+    split = split_stage(column)
+    return column if split is None else f"{split[1]}/{split[0]}"
 
 
 def _summary_writer_class() -> type:
