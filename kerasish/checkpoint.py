@@ -34,6 +34,25 @@ def load_weights(path: str | os.PathLike, device: torch.device) -> dict[str, tor
     return torch.load(path, map_location=device, weights_only=True)
 
 
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+
+def strip_wrapper_prefixes(state: dict[str, Any], reference: dict[str, Any]) -> dict[str, Any]:
+    """``state`` with the key prefix of a wrapper (DDP's ``module.``, ``torch.compile``'s ``_orig_mod.``) removed.
+
+    A prefix goes only when every key of ``state`` has it and no key of the net's own ``reference`` state does, so
+    a net whose first submodule happens to be called ``module`` keeps its names.
+
+    Example:
+        >>> strip_wrapper_prefixes({"module.weight": 1, "module.bias": 2}, {"weight": 0, "bias": 0})
+        {'weight': 1, 'bias': 2}
+    """
+    for prefix in WRAPPER_PREFIXES:
+        if state and all(key.startswith(prefix) for key in state) and not any(k.startswith(prefix) for k in reference):
+            state = {key[len(prefix) :]: value for key, value in state.items()}
+    return state
+
+
 def check_writable(path: str | os.PathLike, argument: str) -> Path:
     """Fails early, naming ``argument``, when ``path`` could not be written at the end of an epoch."""
     path = Path(path)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -24,8 +23,9 @@ from kerasish.arguments import (
 from kerasish.batches import preds_of, split_batch
 from kerasish.callbacks import BestWeights, Callback, CallbackList, EarlyStopping, ModelCheckpoint
 from kerasish.callbacks.live_plot import plot_callbacks
-from kerasish.checkpoint import atomic_save, check_writable, load_weights
-from kerasish.device import move_optimizer_state, resolve_device, to_device
+from kerasish.checkpoint import atomic_save, check_writable, load_weights, strip_wrapper_prefixes
+from kerasish.device import move_optimizer_state, to_device
+from kerasish.distributed import Strategy, make_strategy, unwrap
 from kerasish.history import History
 from kerasish.metrics import MetricLike, MetricSet, check_metrics
 from kerasish.monitor import Monitor
@@ -59,6 +59,18 @@ class KerasModel:
         compile: ``True`` runs the steps through ``torch.compile(net)``; a dict is passed to ``torch.compile``
             (e.g. ``{"mode": "max-autotune"}``). ``self.net`` stays the plain module, so saved weights have the
             usual names.
+        strategy: ``"auto"`` trains data-parallel when the script runs under ``torchrun`` (or a process group is
+            initialised), else in one process; ``"ddp"`` requires data parallelism and says what is missing;
+            ``None`` never distributes (independent workers, such as a sweep under torchrun). Data-parallel, the
+            same script trains on every rank: the net is wrapped in ``DistributedDataParallel`` (``self.net``
+            stays the plain module), the loaders are sharded, the epoch's numbers are reduced across ranks, and
+            only rank 0 prints and writes files. See :mod:`kerasish.distributed` and the README's "Distributed
+            training".
+        ddp_kwargs: passed to ``DistributedDataParallel`` (``find_unused_parameters``, ``static_graph``, ...);
+            unused in one process.
+
+    Under torchrun on CUDA, ``device=None`` (or ``"cuda"``) means ``cuda:LOCAL_RANK``. A net already wrapped in
+    ``DistributedDataParallel`` is used as it is, not wrapped twice; ``self.net`` is then its ``module``.
 
     Subclass and set ``StepRunner`` or ``EpochRunner`` to change how a batch or a pass runs.
 
@@ -96,17 +108,23 @@ class KerasModel:
         clip_grad_value: float | None = None,
         precision: str = "32",
         compile: bool | Mapping[str, Any] = False,
+        strategy: str | Strategy | None = "auto",
+        ddp_kwargs: Mapping[str, Any] | None = None,
     ) -> None:
         check_model_args(net, loss_fn, optimizer, lr_scheduler, scheduler_interval)
         check_step_controls(accumulate_grad_batches, clip_grad_norm, clip_grad_value)
         compile_kwargs = check_compile(compile)
-        self.device = resolve_device(device)
-        self.precision = check_precision(precision, self.device)
-        self.net = net.to(self.device)
-        # Steps run through the compiled wrapper; self.net stays plain, so state dict keys keep their names.
-        self.step_net = self.net if compile_kwargs is None else torch.compile(self.net, **compile_kwargs)
-        self.loss_fn = loss_fn
         self.metrics_dict = check_metrics(metrics_dict)
+        self.strategy = make_strategy(strategy, device=device, ddp_kwargs=ddp_kwargs, net=net)
+        self.device = self.strategy.device
+        self.precision = check_precision(precision, self.device)
+        self.net = unwrap(net).to(self.device)
+        # Train steps run through the DDP and compile wrappers, evaluation through the compiled plain net (so a rank
+        # with fewer val batches waits in no collective); self.net stays plain, so state dict keys keep their names.
+        train_net = self.strategy.wrap(self.net, net)
+        self.step_net = _compiled(train_net, compile_kwargs)
+        self.eval_net = self.step_net if train_net is self.net else _compiled(self.net, compile_kwargs)
+        self.loss_fn = loss_fn
         self.optimizer = optimizer
         if optimizer is not None:
             move_optimizer_state(optimizer, self.device)
@@ -117,6 +135,21 @@ class KerasModel:
         self.clip_grad_value = clip_grad_value
         self._history = History([])
         self.stop_training = False
+
+    @property
+    def rank(self) -> int:
+        """This process's global rank: 0 in one process."""
+        return self.strategy.rank
+
+    @property
+    def world_size(self) -> int:
+        """How many processes train this model together: 1 in one process."""
+        return self.strategy.world_size
+
+    @property
+    def is_main_process(self) -> bool:
+        """Whether this process prints and writes files (global rank 0); a callback that writes should ask."""
+        return self.strategy.is_main_process
 
     @property
     def history(self) -> pd.DataFrame:
@@ -204,6 +237,8 @@ class KerasModel:
         """
         monitor = monitor or ("val_loss" if val_data is not None else "train_loss")
         columns = check_fit_args(self, train_data, val_data, epochs=epochs, monitor=monitor, mode=mode, verbose=verbose)
+        train_loader = self.strategy.train_loader(train_data)
+        val_loader = None if val_data is None else self.strategy.eval_loader(val_data)[0]
         watched = Monitor(monitor, mode, min_delta, delta_mode)
         builtins = self._builtin_callbacks(watched, patience, restore_best_weights, ckpt_path, verbose)
         builtins += plot_callbacks(plot, ckpt_path, verbose)
@@ -222,22 +257,20 @@ class KerasModel:
             first_epoch = run.restore(epochs=epochs, verbose=verbose)
             for epoch in range(first_epoch, epochs + 1):
                 callbacks.call("on_epoch_begin", self, {"epoch": epoch})
-                lr, start = self._lr(), time.perf_counter()
-                logs = {"epoch": epoch, **train_pass(train_data, epoch=epoch, epochs=epochs)}
-                if val_pass is not None:
-                    logs.update(val_pass(val_data, epoch=epoch, epochs=epochs))
-                logs.update(lr=lr, time=time.perf_counter() - start)
+                logs = self._epoch(epoch, epochs, (train_pass, train_loader), (val_pass, val_loader))
                 history.append(logs)
                 if verbose:
-                    say(f"epoch {epoch}/{epochs}  {format_logs(logs)}")
+                    say(f"epoch {epoch}/{epochs}  {format_logs(logs)}", self)
                 callbacks.call("on_epoch_end", self, logs)
+                # A stop asked for on any rank (a user callback's, say) ends the fit on every rank at this epoch.
+                self.stop_training = self.strategy.any(self.stop_training)
                 self._step_scheduler(logs, monitor)
                 run.save(epochs=epochs)
                 if self.stop_training:
                     break
         except KeyboardInterrupt:
             if verbose:
-                say(f"interrupted: fit stops after {len(history.rows)} finished epochs")
+                say(f"interrupted: fit stops after {len(history.rows)} finished epochs", self)
         finally:
             # The last finished epoch's row: an epoch cut short (an error or Ctrl-C in its val pass) has none.
             callbacks.call_all("on_fit_end", self, dict(history.rows[-1]) if history.rows else {})
@@ -261,7 +294,8 @@ class KerasModel:
         """
         check_loader(data, "data")
         check_verbose(verbose)
-        return self._epoch_runner("val", CallbackList(), verbose)(data)
+        loader, _ = self.strategy.eval_loader(data)
+        return self._epoch_runner("val", CallbackList(), verbose)(loader)
 
     def predict(self, data: Iterable, *, callbacks: Sequence[Callback] | None = None, verbose: int = 0) -> torch.Tensor:
         """The net's outputs (``logits`` for outputs that carry them) for every batch, concatenated in order, on CPU.
@@ -270,6 +304,11 @@ class KerasModel:
         mapping. A bare tensor or a 1-tuple ``(x,)`` is input only. Runs in eval mode without gradients, under the
         model's precision; reduced-precision outputs come back as float32. ``callbacks`` get the ``on_predict_*``
         hooks; ``verbose=1`` shows a progress bar.
+
+        Data-parallel, a ``DataLoader`` over a map-style data set is split into one contiguous block per rank, and
+        every rank gets the whole output, in the data set's order (call ``predict`` on every rank). Other data (a
+        list of batches, an ``IterableDataset``, a loader with your own ``DistributedSampler``) is used as given:
+        each rank predicts what it reads and gets its own outputs.
 
         Example:
             >>> import torch
@@ -282,14 +321,18 @@ class KerasModel:
         check_loader(data, "data")
         check_verbose(verbose)
         callbacks = CallbackList(callbacks or [])
+        loader, sharded = self.strategy.eval_loader(data)
         progress = PassProgress(
-            enabled=verbose == 1, description="predict", total=runners.loader_length(data), read_loss=None
+            enabled=verbose == 1 and self.is_main_process,
+            description="predict",
+            total=runners.loader_length(loader),
+            read_loss=None,
         )
         outputs: list[torch.Tensor] = []
         callbacks.call("on_predict_begin", self, {})
         try:
-            with runners.pass_mode(self.step_net, training=False):
-                for index, batch in enumerate(data):
+            with runners.pass_mode(self.eval_net, training=False):
+                for index, batch in enumerate(loader):
                     callbacks.call("on_predict_batch_begin", self, {"batch": index})
                     outputs.append(self._predict_batch(batch))
                     callbacks.call("on_predict_batch_end", self, {"batch": index, "outputs": outputs[-1]})
@@ -297,10 +340,13 @@ class KerasModel:
         finally:
             progress.close()
             callbacks.call_all("on_predict_end", self, {"batches": len(outputs)})
-        if not outputs:
-            raise ValueError("data yielded no batches")
         # Outputs stay on the device until the end: one transfer instead of a sync per batch.
-        return torch.cat(outputs).cpu()
+        result = torch.cat(outputs).cpu() if outputs else None
+        if sharded:  # a rank whose block is empty still takes part
+            result = self.strategy.concat_shards(result)
+        if result is None:
+            raise ValueError("data yielded no batches")
+        return result
 
     def summary(
         self, example: Any, *, depth: int | None = None, print_fn: Callable[[str], None] | None = print
@@ -325,15 +371,20 @@ class KerasModel:
         return result
 
     def save_ckpt(self, path: str | os.PathLike) -> None:
-        """Writes the net's weights (its ``state_dict``) to ``path``, atomically."""
-        atomic_save(self.net.state_dict(), check_writable(path, "path"))
+        """Writes the net's weights (its ``state_dict``) to ``path``, atomically; data-parallel, rank 0 alone writes."""
+        if self.is_main_process:
+            atomic_save(self.net.state_dict(), check_writable(path, "path"))
 
     def load_ckpt(self, path: str | os.PathLike) -> None:
         """Loads weights written by :meth:`save_ckpt` or ``fit(ckpt_path=...)`` into the net, on its device.
 
-        The file is read with ``weights_only=True``: tensors only, no pickled code is ever run.
+        The file is read with ``weights_only=True``: tensors only, no pickled code is ever run. Files whose keys all
+        carry a wrapper's prefix (``module.`` from ``DistributedDataParallel``, ``_orig_mod.`` from
+        ``torch.compile``) load too. Data-parallel, rank 0 reads the file and sends it to the others, so only rank 0
+        needs it on disk: call ``load_ckpt`` on every rank.
         """
-        self.net.load_state_dict(load_weights(path, self.device))
+        weights = self.strategy.from_main(lambda: load_weights(path, torch.device("cpu")))
+        self.net.load_state_dict(strip_wrapper_prefixes(weights, self.net.state_dict()))
 
     def _builtin_callbacks(self, monitor: Monitor, patience, restore_best_weights, ckpt_path, verbose) -> list:
         args = (monitor.name, monitor.mode, monitor.min_delta)
@@ -349,12 +400,13 @@ class KerasModel:
     def _epoch_runner(self, stage: str, callbacks: CallbackList, verbose: int) -> runners.EpochRunner:
         training = stage == "train"
         step = self.StepRunner(
-            self.step_net,
+            self.step_net if training else self.eval_net,
             self.loss_fn,
             stage=stage,
-            metrics=MetricSet(self.metrics_dict, self.device),
+            metrics=MetricSet(self.metrics_dict, self.device, strategy=self.strategy),
             device=self.device,
             precision=self.precision,
+            strategy=self.strategy,
             **(self._train_controls() if training else {}),
         )
         return self.EpochRunner(step, model=self, callbacks=callbacks, verbose=verbose)
@@ -371,10 +423,23 @@ class KerasModel:
     def _predict_batch(self, batch: Any) -> torch.Tensor:
         args, kwargs, _ = split_batch(batch)
         with autocast(self.precision, self.device):
-            preds = preds_of(self.step_net(*to_device(args, self.device), **to_device(kwargs, self.device)))
+            preds = preds_of(self.eval_net(*to_device(args, self.device), **to_device(kwargs, self.device)))
         if not isinstance(preds, torch.Tensor):
             raise TypeError(f"predict concatenates tensors; the net returned {type(preds).__name__}")
         return preds.float() if preds.dtype in (torch.float16, torch.bfloat16) and self.precision != "32" else preds
+
+    def _epoch(self, epoch: int, epochs: int, train: tuple, val: tuple) -> dict[str, Any]:
+        """One epoch's train and val passes: its history row, as the callbacks' ``on_epoch_end`` gets it."""
+        (train_pass, train_loader), (val_pass, val_loader) = train, val
+        # A DistributedSampler shuffles by (seed, epoch): a resumed run reshuffles as the uninterrupted one did.
+        self.strategy.set_epoch(train_loader, epoch)
+        lr = self._lr()
+        logs = {"epoch": epoch, **train_pass(train_loader, epoch=epoch, epochs=epochs)}
+        seconds = train_pass.seconds
+        if val_pass is not None:
+            logs.update(val_pass(val_loader, epoch=epoch, epochs=epochs))
+            seconds += val_pass.seconds
+        return {**logs, "lr": lr, "time": seconds}
 
     def _lr(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"])
@@ -386,3 +451,7 @@ class KerasModel:
             self.lr_scheduler.step(logs[monitor])
         else:
             self.lr_scheduler.step()
+
+
+def _compiled(net: nn.Module, compile_kwargs: dict[str, Any] | None) -> nn.Module:
+    return net if compile_kwargs is None else torch.compile(net, **compile_kwargs)

@@ -6,8 +6,11 @@ import math
 import sys
 import time
 from collections.abc import Callable
+from typing import Any
 
 from tqdm.std import tqdm as std_tqdm
+
+from kerasish.distributed import is_main_process
 
 # The bar's loss is read from the device (a host sync) at most this often.
 REFRESH_SECONDS = 0.5
@@ -16,9 +19,14 @@ REFRESH_SECONDS = 0.5
 BAR_DELAY_SECONDS = 0.5
 
 
-def say(message: str) -> None:
-    """Prints a line to stdout without tearing an open progress bar."""
-    std_tqdm.write(message, file=sys.stdout)
+def say(message: str, model: Any) -> None:
+    """Prints a line to stdout without tearing an open progress bar, from the main process only.
+
+    Every line kerasish prints goes through here, so this is the one place that decides: the other ranks of a
+    data-parallel fit stay silent (``model.is_main_process``; anything without that attribute counts as main).
+    """
+    if is_main_process(model):
+        std_tqdm.write(message, file=sys.stdout)
 
 
 def format_logs(logs: dict) -> str:

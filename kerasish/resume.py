@@ -10,7 +10,13 @@ dict that ``torch.load(..., weights_only=True)`` reads back):
   the best; ``None`` for what the fit does not have);
 - ``callbacks``: ``{"class": name, "state": callback.state_dict()}`` for every callback of the fit, in order;
 - ``rng``: torch (CPU, and CUDA and MPS where in use), NumPy and Python ``random``; ``loader_generators``: the states
-  of the train loader's own generators (``DataLoader(generator=...)``, its sampler's).
+  of the train loader's own generators (``DataLoader(generator=...)``, its sampler's);
+- ``world_size``: how many processes trained (absent from files of earlier kerasish versions: 1), and, when more than
+  one, ``ranks``: each rank's ``{"rng", "loader_generators"}``, so each resumes its own random streams (dropout).
+
+Data-parallel, rank 0 alone reads and writes the file and sends what it read to the others (no shared file system is
+needed, and the ranks cannot disagree about whether the file exists); resuming on another number of processes is an
+error.
 
 :meth:`RunState.open` checks the file against the fit before the callbacks begin; :meth:`RunState.restore` applies
 it after their ``on_fit_begin`` (which resets them) and before the first step.
@@ -103,6 +109,11 @@ def check_resume_args(state_path: Any, resume: Any) -> Path | None:
     return path
 
 
+def _read_if_there(state_path: Any, resume: Any) -> tuple[Path | None, dict[str, Any] | None]:
+    path = check_resume_args(state_path, resume)
+    return path, read_state(path) if path is not None and path.exists() else None
+
+
 def read_state(path: Path) -> dict[str, Any]:
     """The state in ``path``, read without running pickled code, after checking it is one this version reads."""
     try:
@@ -171,8 +182,7 @@ class RunState:
 
         Raises before anything of the fit has changed; the other arguments are the fit's parts the state covers.
         """
-        path = check_resume_args(state_path, resume)
-        saved = read_state(path) if path is not None and path.exists() else None
+        path, saved = model.strategy.from_main(lambda: _read_if_there(state_path, resume))
         run = cls(path, saved, model=model, history=history, callbacks=callbacks, runner=runner, loader=loader)
         if saved is not None:
             run._check_saved(saved)
@@ -191,18 +201,27 @@ class RunState:
             return 1
         self._load(saved)
         if verbose:
-            say(_resume_line(saved, self.path, epochs))
+            say(_resume_line(saved, self.path, epochs), self.model)
         return epochs + 1 if saved["finished"] == "stopped" else saved["epoch"] + 1
 
     def save(self, *, epochs: int) -> None:
-        """Writes the run's state (after an epoch's callbacks and scheduler step) atomically to the path, if any."""
+        """Writes the run's state (after an epoch's callbacks and scheduler step) atomically to the path, if any.
+
+        Data-parallel, every rank sends its random states to rank 0 (one collective), which writes the file.
+        """
         if self.path is None:
             return
-        state = self._state(epochs)
+        ranks = self.model.strategy.gather_objects(self._rank_state())
+        if not self.model.is_main_process:
+            return
+        state = self._state(epochs, ranks)
         check_storable(state, self.path)
         atomic_save(state, self.path)
 
-    def _state(self, epochs: int) -> dict[str, Any]:
+    def _rank_state(self) -> dict[str, Any]:
+        return {"rng": rng_states(), "loader_generators": [generator.get_state() for generator in self.generators]}
+
+    def _state(self, epochs: int, ranks: list[dict[str, Any]]) -> dict[str, Any]:
         epoch = self.history.rows[-1]["epoch"]
         model, scheduler = self.model, self.model.lr_scheduler
         return {
@@ -217,8 +236,9 @@ class RunState:
             "lr_scheduler": None if scheduler is None else scheduler.state_dict(),
             "grad_scaler": None if self.scaler is None else self.scaler.state_dict(),
             "callbacks": self._callback_states(),
-            "rng": rng_states(),
-            "loader_generators": [generator.get_state() for generator in self.generators],
+            **ranks[0],
+            "world_size": len(ranks),
+            **({"ranks": ranks} if len(ranks) > 1 else {}),
         }
 
     def _callback_states(self) -> list[dict[str, Any]]:
@@ -236,13 +256,21 @@ class RunState:
             callback.load_state_dict(entry["state"])
         for row in saved["history"]:
             self.history.append(row)
-        set_rng_states(saved["rng"])
-        for generator, state in zip(self.generators, saved["loader_generators"], strict=True):
+        mine = saved["ranks"][model.rank] if "ranks" in saved else saved
+        set_rng_states(mine["rng"])
+        for generator, state in zip(self.generators, mine["loader_generators"], strict=True):
             generator.set_state(state)
 
     def _check_saved(self, saved: dict[str, Any]) -> None:
         """Everything ``_load`` relies on, so that a mismatch fails before any part of the fit has changed."""
         where = f"state_path={str(self.path)!r}"
+        world_size = saved.get("world_size", 1)
+        if world_size != self.model.world_size:
+            raise ValueError(
+                f"{where}: the saved run trained on {world_size} process(es) and this fit runs on "
+                f"{self.model.world_size}; resume with the same number of processes (torchrun --nnodes and "
+                "--nproc_per_node), since each rank's data shard and random state belong to that number"
+            )
         names = [type(callback).__name__ for callback in self.callbacks.callbacks]
         _check_same(where, "callbacks", [entry["class"] for entry in saved["callbacks"]], names)
         _check_same(where, "history columns", saved["columns"], self.history.columns)

@@ -15,6 +15,7 @@ Both are plugged into :class:`~kerasish.KerasModel` as class attributes; subclas
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -24,6 +25,7 @@ from torch import nn
 from kerasish.batches import batch_size, loss_of, preds_of, split_batch
 from kerasish.callbacks.base import CallbackList
 from kerasish.device import to_device
+from kerasish.distributed import Strategy, is_main_process
 from kerasish.metrics import MetricSet
 from kerasish.precision import autocast, check_precision, grad_scaler
 from kerasish.progress import PassProgress
@@ -53,6 +55,9 @@ class StepRunner:
         clip_grad_value: clamp every gradient element to ``[-clip_grad_value, clip_grad_value]``, likewise.
         precision: ``"32"``, ``"bf16"`` or ``"fp16"`` (autocast of the forward pass and loss; fp16 adds a
             gradient scaler, on CUDA only).
+        strategy: the model's :class:`~kerasish.distributed.Strategy`; ``None``: one process. Data-parallel with
+            accumulation, the micro-batches before a window's last keep their gradients local (DDP's ``no_sync``),
+            so a window costs one gradient all-reduce.
     """
 
     def __init__(
@@ -69,6 +74,7 @@ class StepRunner:
         clip_grad_norm: float | None = None,
         clip_grad_value: float | None = None,
         precision: str = "32",
+        strategy: Strategy | None = None,
     ) -> None:
         if stage not in STAGES:
             raise ValueError(f"stage={stage!r} is not valid; use one of {STAGES}")
@@ -86,13 +92,22 @@ class StepRunner:
         self.clip_grad_value = clip_grad_value
         self.precision = check_precision(precision, device)
         self.scaler = grad_scaler(self.precision, device) if stage == "train" else None
+        self.strategy = Strategy(device) if strategy is None else strategy
         self.optimizer_steps = 0
+        # Decided once: a step-time check of this flag is all that one process pays for distributed accumulation.
+        self._defer_sync = stage == "train" and accumulate_grad_batches > 1 and self.strategy.distributed
         self._clipping = clip_grad_norm is not None or clip_grad_value is not None
         self._window_batches = 0
         self._window_samples = 0
 
     def __call__(self, batch: Any) -> tuple[torch.Tensor, int]:
         """Runs the step; returns the batch's detached loss (a device tensor) and its number of samples."""
+        if self._defer_sync and self._window_batches + 1 < self.accumulate_grad_batches:
+            with self.strategy.no_sync(self.net):
+                return self._run(batch)
+        return self._run(batch)
+
+    def _run(self, batch: Any) -> tuple[torch.Tensor, int]:
         batch = to_device(batch, self.device)
         with autocast(self.precision, self.device):
             loss, preds, labels = self.compute_loss(batch)
@@ -142,8 +157,11 @@ class StepRunner:
         if self._window_batches == self.accumulate_grad_batches:
             self.optimizer_step()
 
+    def _params_with_grads(self) -> list[torch.Tensor]:
+        return [p for group in self.optimizer.param_groups for p in group["params"] if p.grad is not None]
+
     def _average_and_clip(self) -> None:
-        params = [p for group in self.optimizer.param_groups for p in group["params"] if p.grad is not None]
+        params = self._params_with_grads()
         if self.accumulate_grad_batches > 1:
             for param in params:
                 param.grad.div_(self._window_samples)
@@ -155,9 +173,17 @@ class StepRunner:
             nn.utils.clip_grad_value_(params, self.clip_grad_value)
 
     def finish_pass(self) -> None:
-        """Steps the optimizer on a window the pass left unfinished (fewer than ``accumulate_grad_batches``)."""
+        """Steps the optimizer on a window the pass left unfinished (fewer than ``accumulate_grad_batches``).
+
+        Data-parallel, that window's gradients were kept local, so they are averaged across ranks first (one
+        collective); then every rank gets rank 0's buffers (batch-norm statistics), so all ranks validate and save
+        the same model.
+        """
         if self._window_batches:
+            if self._defer_sync:
+                self.strategy.average_gradients(self._params_with_grads())
             self.optimizer_step()
+        self.strategy.sync_buffers(self.net)
 
     def optimizer_step(self) -> None:
         """Averages the window's gradients, clips them, steps the optimizer (and a per-step scheduler)."""
@@ -188,7 +214,11 @@ class EpochRunner:
     """Runs one pass of a :class:`StepRunner` over a loader and returns the pass's logs.
 
     The net is put in train or eval mode and gradients are switched on or off for the pass; both are restored after,
-    however the pass ends. The loss and metrics accumulate on the device and become floats once, at the end.
+    however the pass ends. The loss and metrics accumulate on the device and become floats once, at the end
+    (data-parallel, after one reduction across ranks, so every rank returns the same logs).
+
+    Attributes:
+        seconds: the last pass's wall time (data-parallel, the slowest rank's), part of the epoch's ``time``.
 
     Args:
         step_runner: runs each batch.
@@ -210,19 +240,24 @@ class EpochRunner:
         self.model = model
         self.callbacks = callbacks or CallbackList()
         self.verbose = verbose
+        self.seconds = 0.0
 
     def __call__(self, loader: Iterable, *, epoch: int | None = None, epochs: int | None = None) -> dict[str, float]:
         """Runs the pass; returns ``{"<stage>_loss": ..., "<stage>_<metric>": ...}``.
 
         Raises:
-            ValueError: the loader yielded no batch.
+            ValueError: the loader yielded no batches (data-parallel: on no rank).
         """
+        start = time.perf_counter()
         metrics = self.step_runner.metrics
         metrics.reset()
         begin_hook, end_hook = f"on_{self.stage}_batch_begin", f"on_{self.stage}_batch_end"
         call_begin, call_end = self.callbacks.overrides(begin_hook), self.callbacks.overrides(end_hook)
+        # Data-parallel, a batch hook's stop waits for the epoch's end: a rank leaving its pass early would leave the
+        # others waiting in their next gradient all-reduce.
+        may_stop = self.stage == "train" and not self.step_runner.strategy.distributed
         progress = PassProgress(
-            enabled=self.verbose == 1,
+            enabled=self.verbose == 1 and is_main_process(self.model),
             description=self.stage if epoch is None else f"epoch {epoch}/{epochs} {self.stage}",
             total=loader_length(loader),
             read_loss=metrics.running_loss,
@@ -240,15 +275,15 @@ class EpochRunner:
                         self.callbacks.call(end_hook, self.model, logs)
                         # A train hook may end the pass (TerminateOnNaN); the val pass always runs whole, so the
                         # epoch's row is complete even when the fit is stopping.
-                        if self.stage == "train" and getattr(self.model, "stop_training", False):
+                        if may_stop and getattr(self.model, "stop_training", False):
                             break
                 if self.stage == "train":
                     self.step_runner.finish_pass()
             finally:
                 progress.close()
-        if batches == 0:
-            raise ValueError(f"the {self.stage} loader yielded no batches")
-        return metrics.compute(self.stage)
+        logs = metrics.compute(self.stage, batches=batches, seconds=time.perf_counter() - start)
+        self.seconds = metrics.seconds
+        return logs
 
 
 def loader_length(loader: Iterable) -> int | None:

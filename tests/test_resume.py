@@ -164,7 +164,8 @@ def test_resuming_a_run_that_early_stopping_ended_trains_nothing_and_restores_th
 def test_the_state_file_reads_back_with_weights_only_and_holds_the_whole_run(reference, tmp_path):
     _, ref_dir = reference
     state = torch.load(ref_dir / "state.pt", weights_only=True)
-    assert tuple(state) == STATE_KEYS
+    assert tuple(state) == (*STATE_KEYS, "world_size")  # "ranks" too, data-parallel only
+    assert state["world_size"] == 1
     assert (state["version"], state["epoch"], state["epochs"], state["finished"]) == (1, STOP, EPOCHS, "stopped")
     assert state["columns"] == ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "time"]
     assert [row["epoch"] for row in state["history"]] == list(range(1, STOP + 1))

@@ -82,7 +82,10 @@ class BestWeights(Callback):
             return
         model.net.load_state_dict(self.weights)
         if self.verbose:
-            say(f"restored the weights of epoch {self.best.epoch} ({self.best.monitor.name}={self.best.value:.4f})")
+            say(
+                f"restored the weights of epoch {self.best.epoch} ({self.best.monitor.name}={self.best.value:.4f})",
+                model,
+            )
 
     def state_dict(self) -> dict[str, Any]:
         """``{"best": BestSoFar state, "weights": the host copy or None}``."""

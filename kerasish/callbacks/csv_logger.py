@@ -8,6 +8,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from kerasish.callbacks.base import Callback, Logs
 from kerasish.checkpoint import check_writable
+from kerasish.distributed import is_main_process
 
 if TYPE_CHECKING:
     from kerasish.model import KerasModel
@@ -22,7 +23,7 @@ class CSVLogger(Callback):
     precision, so reading the file back gives the history's exact values); NaN is written as ``nan``.
 
     The file is opened when the first epoch ends (so a fit that fails before that leaves an existing file as it
-    was) and closed when the fit ends, however it ends.
+    was) and closed when the fit ends, however it ends. Data-parallel, rank 0 alone reads and writes it.
 
     Args:
         path: the CSV file; its directory must exist and be writable (checked here).
@@ -69,15 +70,19 @@ class CSVLogger(Callback):
         self._writer: Any = None
         self._columns: list[str] = []
         self._resume = False
+        self._writes = True
 
     def on_fit_begin(self, model: KerasModel, logs: Logs) -> None:
         self._close()  # a fit that failed before its on_fit_end could have left one open
         self._columns = [str(column) for column in model.history.columns]
-        self._resume = self.append and self.path.exists() and self.path.stat().st_size > 0
+        self._writes = is_main_process(model)
+        self._resume = self._writes and self.append and self.path.exists() and self.path.stat().st_size > 0
         if self._resume:
             self._check_header()
 
     def on_epoch_end(self, model: KerasModel, logs: Logs) -> None:
+        if not self._writes:
+            return
         if self._writer is None:
             # Opened at the first row, not at fit begin: a fit that fails before its first epoch (another
             # callback's bad argument, say) leaves an existing file as it was.

@@ -119,7 +119,7 @@ class EarlyStopping(Callback):
             self.stopped_epoch = logs["epoch"]
             model.stop_training = True
             if self.verbose:
-                self._say_stop()
+                self._say_stop(model)
 
     def on_fit_end(self, model: KerasModel, logs: Logs) -> None:
         if self._restore is not None:
@@ -149,12 +149,15 @@ class EarlyStopping(Callback):
         # Bests only get better, so once the best beats the baseline every later best does too: no flag to keep.
         return self.baseline is None or self.best.monitor.improved(self.best.value, self.baseline)
 
-    def _say_stop(self) -> None:
+    def _say_stop(self, model: KerasModel) -> None:
         best = "none" if self.best.value is None else f"{self.best.value:.4f} at epoch {self.best.epoch}"
         if self.best.value is not None and not self._beats_baseline():
             best += f"; baseline {self.baseline:.4f} not reached"
         name = self.best.monitor.name
-        say(f"early stop at epoch {self.stopped_epoch}: {name} has not improved for {self.wait} epochs (best {best})")
+        say(
+            f"early stop at epoch {self.stopped_epoch}: {name} has not improved for {self.wait} epochs (best {best})",
+            model,
+        )
 
 
 def _check_args(patience: Any, baseline: Any, start_from_epoch: Any, restore_best_weights: Any) -> None:

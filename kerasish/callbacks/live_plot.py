@@ -14,6 +14,7 @@ import pandas as pd
 from kerasish import plotting
 from kerasish.callbacks.base import Callback, Logs
 from kerasish.checkpoint import check_writable
+from kerasish.distributed import is_main_process
 from kerasish.progress import say
 
 if TYPE_CHECKING:
@@ -30,7 +31,7 @@ class LivePlot(Callback):
     when epochs are quicker than that, epochs are skipped so that drawing takes at most a fifth of the fit's time,
     and the figure is redrawn with every epoch when the fit ends. Outside a notebook nothing is drawn during the
     fit; when it ends, however it ends, the final figure is written to an image file and, with ``verbose``, its
-    path printed.
+    path printed. Data-parallel, rank 0 alone draws and writes.
 
     Args:
         path: where the final figure goes. A file path (its suffix picks the format: ``.png``, ``.pdf``, ``.svg``,
@@ -92,12 +93,12 @@ class LivePlot(Callback):
         self._next_draw, self._shown_epochs = 0.0, 0
 
     def on_epoch_end(self, model: KerasModel, logs: Logs) -> None:
-        if self.live and time.perf_counter() >= self._next_draw:
+        if self.live and is_main_process(model) and time.perf_counter() >= self._next_draw:
             self._show(model.history)
 
     def on_fit_end(self, model: KerasModel, logs: Logs) -> None:
         history = model.history
-        if history.empty:
+        if history.empty or not is_main_process(model):
             return
         if self.live and self._shown_epochs != len(history):
             self._show(history)
@@ -107,7 +108,7 @@ class LivePlot(Callback):
         self._draw(history).savefig(target)
         self.written = target
         if self.verbose:
-            say(f"history plot written to {target}")
+            say(f"history plot written to {target}", model)
 
     def _draw(self, history: pd.DataFrame) -> Any:
         # A bare Figure, not pyplot's: the notebook's inline backend would show a pyplot figure a second time

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from kerasish.callbacks.base import Callback, Logs
 from kerasish.checkpoint import atomic_save, check_writable
+from kerasish.distributed import is_main_process
 from kerasish.monitor import BestSoFar, Monitor
 
 if TYPE_CHECKING:
@@ -20,6 +21,8 @@ class ModelCheckpoint(Callback):
 
     Each file is written to a temporary name beside it and renamed into place, so an interrupted write never leaves
     a broken checkpoint. Read one back with :meth:`KerasModel.load_ckpt`. ``fit(ckpt_path=...)`` builds one of these.
+    Data-parallel, rank 0 alone writes and deletes files; every rank keeps the same record of them (the attributes
+    below), so all agree on :attr:`best_path`.
     What counts as an improvement is :class:`~kerasish.Monitor`'s rule, shared with early stopping and the restore.
 
     ``path`` may be a template filled in with the epoch's history row by ``str.format``, e.g.
@@ -115,13 +118,15 @@ class ModelCheckpoint(Callback):
                 self.best_path = None
             return
         path = Path(self._template.format_map(logs))
-        atomic_save(model.net.state_dict(), path)
+        writes = is_main_process(model)
+        if writes:
+            atomic_save(model.net.state_dict(), path)
         self.last_path = path
         if improved:
             self.best_path = path
         elif path == self.best_path:
             self.best_path = None
-        self._remember(path)
+        self._remember(path, delete=writes)
 
     def state_dict(self) -> dict[str, Any]:
         """``best``, ``written`` (file names, oldest first), ``last_path`` and ``best_path``, as strings."""
@@ -145,15 +150,17 @@ class ModelCheckpoint(Callback):
         self.last_path = None if state["last_path"] is None else Path(state["last_path"])
         self.best_path = None if state["best_path"] is None else Path(state["best_path"])
 
-    def _remember(self, path: Path) -> None:
-        """Records a write (a rewritten name becomes the newest) and deletes what falls outside ``keep_last``."""
+    def _remember(self, path: Path, *, delete: bool) -> None:
+        """Records a write (a rewritten name becomes the newest) and forgets (with ``delete``, deletes) what falls
+        outside ``keep_last``."""
         name = str(path)
         if name in self.written:
             self.written.remove(name)
         self.written.append(name)
         while self.keep_last is not None and len(self.written) > self.keep_last:
             oldest = Path(self.written.pop(0))
-            oldest.unlink(missing_ok=True)
+            if delete:
+                oldest.unlink(missing_ok=True)
             if oldest == self.best_path:
                 self.best_path = None
 

@@ -107,7 +107,7 @@ class ReduceLROnPlateau(Callback):
             return
         self.wait += 1
         if self.wait >= self.patience:
-            self._reduce(model.optimizer, logs["epoch"])
+            self._reduce(model, logs["epoch"])
             self.wait = 0
             self.cooldown_left = self.cooldown
 
@@ -123,7 +123,8 @@ class ReduceLROnPlateau(Callback):
         self.best.load_state_dict(state["best"])
         self.wait, self.cooldown_left = state["wait"], state["cooldown_left"]
 
-    def _reduce(self, optimizer: torch.optim.Optimizer, epoch: int) -> None:
+    def _reduce(self, model: KerasModel, epoch: int) -> None:
+        optimizer = model.optimizer
         changes = []
         for group, floor in zip(optimizer.param_groups, self._floors(optimizer), strict=True):
             old = float(group["lr"])
@@ -138,7 +139,8 @@ class ReduceLROnPlateau(Callback):
         if self.verbose and changes:
             say(
                 f"epoch {epoch}: {self.best.monitor.name} has not improved for {self.wait} epochs; "
-                f"lr {', '.join(changes)}"
+                f"lr {', '.join(changes)}",
+                model,
             )
 
     def _floors(self, optimizer: torch.optim.Optimizer) -> list[float]:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kerasish.callbacks.base import Callback, Logs
+from kerasish.distributed import is_main_process
 from kerasish.history import split_stage
 
 if TYPE_CHECKING:
@@ -23,6 +24,7 @@ class TensorBoard(Callback):
     two curves in one chart (``loss/train`` and ``loss/val``, ``acc/train`` and ``acc/val``); other columns keep their
     names (``lr``, ``time``, and any a custom runner adds). Values that are not numbers are skipped. The file is
     flushed at each epoch's end, so a running TensorBoard shows the epoch at once, and closed when the fit ends.
+    Data-parallel, rank 0 alone writes.
 
     Each fit writes a new event file into ``log_dir``; TensorBoard shows the event files of one directory as one run,
     so give each run a directory of its own (``runs/lr-1e-3``, ``runs/lr-1e-2``, ...) under a common parent and point
@@ -67,6 +69,8 @@ class TensorBoard(Callback):
         self._close()  # a fit that failed before its on_fit_end could have left one open
 
     def on_epoch_end(self, model: KerasModel, logs: Logs) -> None:
+        if not is_main_process(model):
+            return
         if self.writer is None:
             # Created with the first row, so a fit that fails before its first epoch leaves no empty event file.
             self.writer = self._summary_writer(log_dir=str(self.log_dir))

@@ -68,4 +68,4 @@ class TerminateOnNaN(Callback):
         model.stop_training = True
         if self.verbose:
             epoch, batch = self.stopped_at
-            say(f"loss={float(loss)} at epoch {epoch}, batch {batch}: training stops (TerminateOnNaN)")
+            say(f"loss={float(loss)} at epoch {epoch}, batch {batch}: training stops (TerminateOnNaN)", model)
