@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
 import torch
 from torch import nn
 
@@ -78,3 +85,33 @@ def tagged_linear(features: int = 3) -> nn.Module:
     net = nn.Linear(features, 1)
     net.register_buffer("tag", torch.zeros(()))
     return net
+
+
+def launch(arguments: list[str], *, logs: Path, env: dict[str, str] | None = None, timeout: float = 180) -> None:
+    """Runs ``torchrun --standalone --nproc_per_node=2 ARGUMENTS``, each rank's output under ``logs``.
+
+    The whole process group is killed if it outlives ``timeout`` seconds: a rank left waiting in a collective would
+    otherwise block for gloo's own timeout, 30 minutes. A failure shows torchrun's output and every rank's.
+    """
+    command = [
+        *(sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"),
+        *("--redirects", "3", "--log-dir", str(logs)),
+        *arguments,
+    ]
+    process = subprocess.Popen(
+        command, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    try:
+        output, _ = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+        pytest.fail(f"torchrun {arguments} did not finish in {timeout} s: a rank was left waiting")
+    if process.returncode != 0:
+        ranks = "\n".join(path.read_text() for path in sorted(logs.rglob("std*.log")))
+        pytest.fail(f"torchrun {arguments} failed ({process.returncode}):\n{output.decode()[-3000:]}\n{ranks[-6000:]}")
+
+
+def rank_outputs(logs: Path) -> dict[str, str]:
+    """Each local rank's standard output from a :func:`launch`, by rank ("0", "1")."""
+    return {path.parent.name: path.read_text() for path in logs.rglob("stdout.log")}

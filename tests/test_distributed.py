@@ -12,9 +12,6 @@ import csv
 import importlib.util
 import itertools
 import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -27,10 +24,10 @@ from torch.utils.data import DataLoader, IterableDataset, TensorDataset, Weighte
 from kerasish import KerasModel
 from kerasish.callbacks import CallbackList
 from kerasish.distributed import ContiguousShard, DataParallel, Strategy
-from tests.helpers import regression_batches
+from tests.helpers import launch, rank_outputs, regression_batches
 
 SCRIPT = Path(__file__).resolve().parent / "scripts" / "ddp_digits.py"
-LAUNCH_TIMEOUT = 180  # seconds; a hang in a collective would otherwise last the gloo timeout, 30 minutes
+LAUNCH_TIMEOUT = 180  # seconds
 FIRST_LAUNCH = ("parity", "stops", "accumulate", "wrapped", "cut", "whole")
 HISTORY_TOLERANCE = 1e-5
 
@@ -64,24 +61,7 @@ def _script_module():
 
 
 def torchrun(folder: Path, logs: Path, scenarios: tuple[str, ...], env: dict[str, str]) -> None:
-    """Runs the script's scenarios on 2 processes; kills the whole process group if it outlives the timeout."""
-    command = [
-        *(sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"),
-        *("--redirects", "3", "--log-dir", str(logs)),
-        *(str(SCRIPT), str(folder), *scenarios),
-    ]
-    process = subprocess.Popen(
-        command, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-    )
-    try:
-        output, _ = process.communicate(timeout=LAUNCH_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.communicate()
-        pytest.fail(f"torchrun {scenarios} did not finish in {LAUNCH_TIMEOUT} s: a rank was left waiting")
-    if process.returncode != 0:
-        ranks = "\n".join(path.read_text() for path in sorted(logs.rglob("std*.log")))
-        pytest.fail(f"torchrun {scenarios} failed ({process.returncode}):\n{output.decode()[-3000:]}\n{ranks[-6000:]}")
+    launch([str(SCRIPT), str(folder), *scenarios], logs=logs, env=env, timeout=LAUNCH_TIMEOUT)
 
 
 @pytest.fixture(scope="module")
@@ -172,7 +152,7 @@ def test_only_rank_0_prints_and_writes_files(launched):
     written = {line.split()[-1] for line in writes["0"]}
     assert {"best.pt", "history.csv", "state.pt", "run_state.pt", "wrapped_best.pt", "epoch03.pt"} <= written
     assert "os.remove epoch01.pt" in writes["0"]  # keep_last's rotation, by rank 0 alone
-    stdout = {path.parent.name: path.read_text() for path in (launched / "logs-first").rglob("stdout.log")}
+    stdout = rank_outputs(launched / "logs-first")
     assert "epoch 4/4  train_loss=" in stdout["0"] and "restored the weights of epoch 4" in stdout["0"]
     assert stdout["1"] == ""
 
