@@ -22,6 +22,7 @@ import atexit
 import contextlib
 import inspect
 import os
+import pickle
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, TypeVar
 
@@ -71,11 +72,11 @@ class Strategy:
         """The module training steps run through; ``given`` is what the user passed (``net`` unwrapped)."""
         return net
 
-    def train_loader(self, loader: Iterable) -> Iterable:
-        """The loader this process trains on: its shard of ``loader``."""
+    def train_loader(self, loader: Iterable, argument: str = "train_data") -> Iterable:
+        """The loader this process trains on: its shard of ``loader`` (``argument`` names it in errors)."""
         return loader
 
-    def eval_loader(self, loader: Iterable) -> tuple[Iterable, bool]:
+    def eval_loader(self, loader: Iterable, argument: str = "data") -> tuple[Iterable, bool]:
         """The loader this process evaluates or predicts on, and whether it is a shard of ``loader``."""
         return loader, False
 
@@ -153,8 +154,8 @@ class DataParallel(Strategy):
             self.ddp = DistributedDataParallel(net, device_ids=device_ids, **self.ddp_kwargs)
         return self.ddp
 
-    def train_loader(self, loader: Iterable) -> Iterable:
-        sampler = _shardable_sampler(loader, "train_data")
+    def train_loader(self, loader: Iterable, argument: str = "train_data") -> Iterable:
+        sampler = _shardable_sampler(loader, argument)
         if sampler is None or isinstance(sampler, DistributedSampler):
             return loader
         seed = loader.generator.initial_seed() if loader.generator is not None else torch.initial_seed()
@@ -169,8 +170,8 @@ class DataParallel(Strategy):
         )
         return _rebuild(loader, sharded)
 
-    def eval_loader(self, loader: Iterable) -> tuple[Iterable, bool]:
-        sampler = _shardable_sampler(loader, "data")
+    def eval_loader(self, loader: Iterable, argument: str = "data") -> tuple[Iterable, bool]:
+        sampler = _shardable_sampler(loader, argument)
         if sampler is None or isinstance(sampler, DistributedSampler):
             return loader, False
         return _rebuild(loader, ContiguousShard(len(loader.dataset), self.rank, self.world_size)), True
@@ -191,7 +192,7 @@ class DataParallel(Strategy):
             try:
                 box[0] = (True, fn())
             except Exception as err:  # raised again on every rank, below
-                box[0] = (False, err)
+                box[0] = (False, _picklable(err))
         dist.broadcast_object_list(box, src=0)
         ok, value = box[0]
         if not ok:
@@ -278,7 +279,7 @@ def make_strategy(strategy: Any, *, device: str | torch.device | None, ddp_kwarg
                 f"net is a DistributedDataParallel but strategy={strategy!r} trains in one process; pass "
                 "strategy='auto' (kerasish then uses your wrapper) or the plain net.module"
             )
-        return Strategy(resolve_device(device))
+        return Strategy(_worker_device(device))
     if not dist.is_initialized():
         local_device = _ddp_device(device, _local_rank(int(os.environ["RANK"])))
         _init_process_group(local_device)
@@ -315,6 +316,22 @@ def _local_rank(rank: int) -> int:
         return int(os.environ["LOCAL_RANK"])
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     return rank % count if count else 0
+
+
+def _worker_device(device: str | torch.device | None) -> torch.device:
+    """One process's device; under torchrun (independent workers) ``None`` and ``"cuda"`` mean ``cuda:LOCAL_RANK``."""
+    if "LOCAL_RANK" in os.environ and torch.cuda.is_available() and (device is None or str(device) == "cuda"):
+        return _ddp_device(device, int(os.environ["LOCAL_RANK"]))
+    return resolve_device(device)
+
+
+def _picklable(err: Exception) -> Exception:
+    """``err`` if it survives pickling (to reach the other ranks), else a RuntimeError with its type and message."""
+    try:
+        pickle.loads(pickle.dumps(err))
+    except Exception:  # any failure to pickle or rebuild: send the words instead
+        return RuntimeError(f"{type(err).__name__}: {err}")
+    return err
 
 
 def _ddp_device(device: str | torch.device | None, local_rank: int) -> torch.device:

@@ -215,8 +215,9 @@ class KerasModel:
         Returns:
             The history, one row per finished epoch (also kept as ``self.history``): ``epoch``, ``train_loss``,
             ``train_<metric>``, ``val_loss``, ``val_<metric>``, ``lr`` (the learning rate at the epoch's start,
-            which its first optimizer step used) and ``time`` (the epoch's wall seconds). Losses are
-            sample-weighted means over the pass.
+            which its first optimizer step used) and ``time`` (the wall seconds of the epoch's passes;
+            data-parallel, of the slowest rank's). Losses are sample-weighted means over the pass; data-parallel,
+            over every rank's samples, so every rank returns the same history.
 
         Raises:
             ValueError, TypeError: a bad argument, or a state file that is not one or does not match this fit,
@@ -237,8 +238,8 @@ class KerasModel:
         """
         monitor = monitor or ("val_loss" if val_data is not None else "train_loss")
         columns = check_fit_args(self, train_data, val_data, epochs=epochs, monitor=monitor, mode=mode, verbose=verbose)
-        train_loader = self.strategy.train_loader(train_data)
-        val_loader = None if val_data is None else self.strategy.eval_loader(val_data)[0]
+        train_loader = self.strategy.train_loader(train_data, "train_data")
+        val_loader = None if val_data is None else self.strategy.eval_loader(val_data, "val_data")[0]
         watched = Monitor(monitor, mode, min_delta, delta_mode)
         builtins = self._builtin_callbacks(watched, patience, restore_best_weights, ckpt_path, verbose)
         builtins += plot_callbacks(plot, ckpt_path, verbose)

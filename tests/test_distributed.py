@@ -28,7 +28,7 @@ from tests.helpers import launch, rank_outputs, regression_batches
 
 SCRIPT = Path(__file__).resolve().parent / "scripts" / "ddp_digits.py"
 LAUNCH_TIMEOUT = 180  # seconds
-FIRST_LAUNCH = ("parity", "stops", "accumulate", "wrapped", "cut", "whole")
+FIRST_LAUNCH = ("parity", "stops", "accumulate", "wrapped", "refused", "cut", "whole")
 HISTORY_TOLERANCE = 1e-5
 
 # Installed into both ranks through PYTHONPATH: records every file the process opens for writing, renames or
@@ -42,7 +42,7 @@ def _hook(event, args):
         path = os.path.abspath(os.fspath(args[1] if event == "os.rename" else args[0]))
         writes = event != "open" or (isinstance(args[1], str) and any(c in args[1] for c in "wax+"))
         if writes and path.startswith(_folder) and not os.path.basename(path).startswith(("parity-", "early-",
-                "one_rank_stop-", "accumulate-", "wrapped-", "cut-", "whole-", "resumed-", "prefixed")):
+                "one_rank_stop-", "accumulate-", "wrapped-", "refused-", "cut-", "whole-", "resumed-", "prefixed")):
             _seen.append(f"{event} {os.path.basename(path)}")
 sys.addaudithook(_hook)
 import atexit
@@ -177,6 +177,17 @@ def test_a_net_wrapped_by_hand_is_used_as_it_is_and_saves_plain_names(launched):
     saved = torch.load(launched / "out" / "wrapped_best.pt", weights_only=True)
     assert list(saved) == ["0.weight", "0.bias", "3.weight", "3.bias"]
     assert_same_weights(saved, wrapped["weights"])  # and load_ckpt took the module.-prefixed file
+
+
+def test_bad_input_raises_the_same_clear_error_on_every_rank_before_any_step(launched):
+    first, second = record(launched, "refused", 0), record(launched, "refused", 1)
+    assert first["errors"] == second["errors"]
+    read, sampler = first["errors"]
+    assert "best.pt' is not a kerasish training state: it holds a dict with keys" in read  # read by rank 0 alone
+    assert sampler.startswith("train_data has a custom WeightedRandomSampler, which kerasish cannot shard across 2")
+    assert first["history"] == {}  # no fit began
+    untrained = _script_module().build(strategy=None).net.state_dict()
+    assert_same_weights(first["weights"], untrained)  # neither fit took a step
 
 
 def test_resume_under_torchrun_ends_as_the_uninterrupted_run(launched):

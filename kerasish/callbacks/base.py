@@ -56,6 +56,12 @@ class Callback:
     Set ``model.stop_training = True`` to end the fit after the current epoch; set in a train batch hook, it also ends
     the train pass after that batch (the val pass and ``on_epoch_end`` still run, so the epoch gets its row).
 
+    Data-parallel (``torchrun``), every rank runs every hook; the epoch hooks get the same logs on every rank (reduced
+    across ranks), the batch hooks each rank's own batches. A stop set on any rank ends the fit on all of them after
+    the current epoch (the train pass then runs to its end: a rank leaving it early would leave the others waiting).
+    Write files and print only where ``model.is_main_process`` (rank 0), as the built-in callbacks do;
+    ``model.rank`` and ``model.world_size`` say where a callback runs.
+
     Callbacks with per-run state reset it in :meth:`on_fit_begin`, so one instance can serve several fits, and save
     and load it with :meth:`state_dict` / :meth:`load_state_dict`, so a resumed fit carries on where it stopped.
 

@@ -22,6 +22,10 @@ class TerminateOnNaN(Callback):
     the net's weights are usually NaN by then: with ``fit``'s best-weight restore (on by default) they are replaced
     by those of the best earlier epoch when the fit ends, since a NaN or inf value never counts as the best.
 
+    Data-parallel, each rank checks its own batches, and the train pass runs to its end (a rank leaving it early
+    would leave the others waiting in their next gradient all-reduce); every rank then stops after that epoch.
+    ``stopped_at`` is the batch this rank saw.
+
     Opt-in because it costs speed: checking a batch's loss reads it from the device, a host sync at every training
     step, which on a GPU keeps the host from queueing the next step ahead.
 

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from sklearn.datasets import load_digits
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, TensorDataset, WeightedRandomSampler
 from torchmetrics.classification import MulticlassAccuracy
 
 from kerasish import Callback, CSVLogger, EarlyStopping, KerasModel, ModelCheckpoint
@@ -57,8 +57,8 @@ def build(*, dropout: float = 0.0, adam: bool = False, wrap: Any = None, **kwarg
 
 def save(out: Path, name: str, model: KerasModel, **extra: Any) -> None:
     record = {
-        "history": model.history.drop(columns="time").to_dict("list"),
-        "time": model.history["time"].tolist(),
+        "history": model.history.drop(columns="time", errors="ignore").to_dict("list"),
+        "time": model.history["time"].tolist() if "time" in model.history else [],
         "weights": model.net.state_dict(),
         "world_size": model.world_size,
         **extra,
@@ -146,11 +146,26 @@ def resumable(out: Path, epochs: int, state_path: Path | None, resume: bool = Fa
     save(out, name, model, written=list(checkpoints.written), evaluate=model.evaluate(val_dl))
 
 
+def refused(out: Path) -> None:
+    """Bad input under torchrun: the same clear error on every rank, before any step, and no rank left waiting."""
+    model = build()
+    train_dl, val_dl = loaders(16)
+    weighted = DataLoader(train_dl.dataset, batch_size=16, sampler=WeightedRandomSampler(torch.ones(TRAIN), TRAIN))
+    errors = []
+    for train, kwargs in ((train_dl, {"state_path": out / "best.pt", "resume": True}), (weighted, {})):
+        try:
+            model.fit(train, val_dl, epochs=2, verbose=0, **kwargs)
+        except ValueError as err:
+            errors.append(str(err))
+    save(out, "refused", model, errors=errors)
+
+
 SCENARIOS = {
     "parity": parity,
     "stops": stops,
     "accumulate": accumulate,
     "wrapped": wrapped,
+    "refused": refused,
     "cut": lambda out: resumable(out, 3, out / "run_state.pt", name="cut"),
     "whole": lambda out: resumable(out, 5, None),
     "resume": lambda out: resumable(out, 5, out / "run_state.pt", resume=True, name="resumed"),
