@@ -4,7 +4,7 @@ PYTHON ?= python3
 STAMP := $(VENV)/.installed
 LINT_PATHS := kerasish tests examples benchmarks notebooks
 
-.PHONY: venv demo test lint bench clean
+.PHONY: venv demo demo-ddp test lint bench clean
 
 venv: $(STAMP)
 
@@ -16,6 +16,10 @@ $(STAMP): setup.cfg pyproject.toml constraints.txt
 
 demo: $(STAMP)
 	$(VENV)/bin/python examples/digits_mlp.py
+
+# The same demo data-parallel, on 2 processes of this machine (resumes from runs/digits_ddp/ when run again).
+demo-ddp: $(STAMP)
+	$(VENV)/bin/torchrun --standalone --nproc_per_node=2 examples/digits_ddp.py
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest
