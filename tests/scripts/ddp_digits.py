@@ -33,19 +33,23 @@ def digits() -> tuple[TensorDataset, TensorDataset]:
     return TensorDataset(x[:TRAIN], y[:TRAIN]), TensorDataset(x[TRAIN:], y[TRAIN:])
 
 
-def loaders(batch_size: int, *, shuffle: bool = False) -> tuple[DataLoader, DataLoader]:
+def loaders(batch_size: int, *, shuffle: bool = False, workers: int = 0) -> tuple[DataLoader, DataLoader]:
     train, val = digits()
     generator = torch.Generator().manual_seed(0) if shuffle else None
+    settings = {"num_workers": workers, "persistent_workers": workers > 0}
     return (
-        DataLoader(train, batch_size=batch_size, shuffle=shuffle, generator=generator),
-        DataLoader(val, batch_size=batch_size),
+        DataLoader(train, batch_size=batch_size, shuffle=shuffle, generator=generator, **settings),
+        DataLoader(val, batch_size=batch_size, **settings),
     )
 
 
-def build(*, dropout: float = 0.0, adam: bool = False, wrap: Any = None, **kwargs: Any) -> KerasModel:
+def build(
+    *, dropout: float = 0.0, adam: bool = False, wrap: Any = None, norm: bool = False, **kwargs: Any
+) -> KerasModel:
     """The digits MLP with cross-entropy, a torchmetrics accuracy and a plain-function error rate."""
     torch.manual_seed(0)
-    net = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Dropout(dropout), nn.Linear(32, 10))
+    middle = nn.BatchNorm1d(32) if norm else nn.Dropout(dropout)
+    net = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), middle, nn.Linear(32, 10))
     trained = net if wrap is None else wrap(net)
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-2) if adam else torch.optim.SGD(net.parameters(), lr=0.2)
     metrics = {
@@ -114,6 +118,14 @@ def accumulate(out: Path, batch_size: int = 16, strategy: Any = "auto") -> None:
     save(out, "accumulate", model)
 
 
+def batchnorm(out: Path) -> None:
+    """Batch-norm statistics differ per shard in training; every rank validates and keeps rank 0's."""
+    model = build(norm=True)
+    train_dl, val_dl = loaders(16, workers=2)
+    model.fit(train_dl, val_dl, epochs=2, verbose=0)
+    save(out, "batchnorm", model, evaluate=model.evaluate(val_dl))
+
+
 def wrapped(out: Path) -> None:
     """A net the user wrapped in DDP: used as it is; checkpoints without ``module.``; a prefixed file still loads."""
     from torch.nn.parallel import DistributedDataParallel
@@ -165,6 +177,7 @@ SCENARIOS = {
     "stops": stops,
     "accumulate": accumulate,
     "wrapped": wrapped,
+    "batchnorm": batchnorm,
     "refused": refused,
     "cut": lambda out: resumable(out, 3, out / "run_state.pt", name="cut"),
     "whole": lambda out: resumable(out, 5, None),
