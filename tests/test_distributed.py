@@ -137,6 +137,9 @@ def test_accumulation_with_a_short_last_window_equals_one_process(launched, tmp_
     distributed, reference = record(launched, "accumulate", 1), one_process("accumulate", tmp_path, "accumulate")
     assert_close_history(distributed["history"], reference["history"])
     assert_same_weights(distributed["weights"], reference["weights"], atol=1e-5)
+    # 44 batches a pass: DDP all-reduces only the last micro-batch of each of the 14 full windows (no_sync before
+    # it); the short window's gradients are averaged once at the pass's end, outside DDP's hook. Two epochs.
+    assert distributed["all_reduces"] == 2 * 14
 
 
 def test_early_stopping_and_a_stop_asked_for_by_one_rank_end_every_rank_at_the_same_epoch(launched):
@@ -302,6 +305,31 @@ def test_train_loaders_are_sharded_keeping_their_settings(group):
     assert model.strategy.train_loader(own) is own
     batches = regression_batches()
     assert model.strategy.train_loader(batches) is batches  # not a DataLoader: the user's to shard
+
+
+class Indexed(TensorDataset):
+    """Records the index of every sample read, in order."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__(torch.randn(n, 3), torch.randn(n, 1))
+        self.read: list[int] = []
+
+    def __getitem__(self, index):
+        self.read.append(int(index))
+        return super().__getitem__(index)
+
+
+def test_each_epoch_reshuffles_by_seed_and_epoch_as_a_resumed_run_would(group):
+    data = Indexed(12)
+    loader = DataLoader(data, batch_size=4, shuffle=True, generator=torch.Generator().manual_seed(7))
+    KerasModel(nn.Linear(3, 1), nn.MSELoss(), device="cpu").fit(loader, epochs=3, verbose=0)
+    expected = []
+    for epoch in (1, 2, 3):
+        sampler = torch.utils.data.DistributedSampler(data, num_replicas=1, rank=0, shuffle=True, seed=7)
+        sampler.set_epoch(epoch)
+        expected += list(sampler)
+    assert data.read == expected
+    assert data.read[:12] != data.read[12:24]
 
 
 def test_an_iterable_dataset_is_used_as_given(group):

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from sklearn.datasets import load_digits
 from torch import nn
+from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 from torch.utils.data import DataLoader, TensorDataset, WeightedRandomSampler
 from torchmetrics.classification import MulticlassAccuracy
 
@@ -113,9 +114,17 @@ def stops(out: Path, batch_size: int = 16, strategy: Any = "auto") -> None:
 def accumulate(out: Path, batch_size: int = 16, strategy: Any = "auto") -> None:
     """Windows of 3 batches; 44 batches a pass leave a short window of 2 at each pass's end."""
     model = build(strategy=strategy, accumulate_grad_batches=3)
+    all_reduces = []
+    if hasattr(model.step_net, "register_comm_hook"):  # DDP's: count its gradient all-reduces (one bucket here)
+
+        def counted(state, bucket):
+            all_reduces.append(1)
+            return allreduce_hook(state, bucket)
+
+        model.step_net.register_comm_hook(None, counted)
     train_dl, val_dl = loaders(batch_size)
     model.fit(train_dl, val_dl, epochs=2, patience=None, verbose=0)
-    save(out, "accumulate", model)
+    save(out, "accumulate", model, all_reduces=len(all_reduces))
 
 
 def batchnorm(out: Path) -> None:
