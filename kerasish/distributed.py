@@ -23,16 +23,17 @@ import contextlib
 import inspect
 import os
 import pickle
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler, IterableDataset, RandomSampler, Sampler, SequentialSampler
+from torch.utils.data import DistributedSampler, RandomSampler
 
 from kerasish.device import resolve_device
+from kerasish.sharding import ContiguousShard, shardable_sampler, with_sampler
 
 T = TypeVar("T")
 
@@ -69,7 +70,8 @@ class Strategy:
         return False
 
     def wrap(self, net: nn.Module, given: nn.Module) -> nn.Module:
-        """The module training steps run through; ``given`` is what the user passed (``net`` unwrapped)."""
+        """The module training steps run through: ``net`` is the plain module, on its device, and ``given`` what the
+        user passed (the same, or a ``DistributedDataParallel`` around it)."""
         return net
 
     def train_loader(self, loader: Iterable, argument: str = "train_data") -> Iterable:
@@ -133,7 +135,7 @@ class DataParallel(Strategy):
         super().__init__(device)
         self.rank = dist.get_rank()
         self.world_size = dist.get_world_size()
-        self.local_rank = _local_rank(self.rank)
+        self.local_rank = _local_rank()
         self.ddp_kwargs = dict(ddp_kwargs or {})
         self.ddp: DistributedDataParallel | None = None
 
@@ -155,7 +157,7 @@ class DataParallel(Strategy):
         return self.ddp
 
     def train_loader(self, loader: Iterable, argument: str = "train_data") -> Iterable:
-        sampler = _shardable_sampler(loader, argument)
+        sampler = shardable_sampler(loader, argument, self.world_size)
         if sampler is None or isinstance(sampler, DistributedSampler):
             return loader
         seed = loader.generator.initial_seed() if loader.generator is not None else torch.initial_seed()
@@ -168,13 +170,13 @@ class DataParallel(Strategy):
             seed=self.from_main(lambda: seed),
             drop_last=loader.drop_last,
         )
-        return _rebuild(loader, sharded)
+        return with_sampler(loader, sharded)
 
     def eval_loader(self, loader: Iterable, argument: str = "data") -> tuple[Iterable, bool]:
-        sampler = _shardable_sampler(loader, argument)
+        sampler = shardable_sampler(loader, argument, self.world_size)
         if sampler is None or isinstance(sampler, DistributedSampler):
             return loader, False
-        return _rebuild(loader, ContiguousShard(len(loader.dataset), self.rank, self.world_size)), True
+        return with_sampler(loader, ContiguousShard(len(loader.dataset), self.rank, self.world_size)), True
 
     def gather(self, values: torch.Tensor) -> torch.Tensor:
         gathered = [torch.empty_like(values) for _ in range(self.world_size)]
@@ -230,29 +232,6 @@ class DataParallel(Strategy):
             _unflatten_into(flat, group)
 
 
-class ContiguousShard(Sampler[int]):
-    """Rank ``rank``'s contiguous block of ``range(size)``; blocks differ in length by at most one, none repeats.
-
-    Evaluation counts every sample exactly once (``DistributedSampler`` pads with repeats instead), and the blocks
-    in rank order are the data set in order, so gathered predictions come back in order.
-
-    Example:
-        >>> [list(ContiguousShard(5, rank, 2)) for rank in range(2)]
-        [[0, 1, 2], [3, 4]]
-    """
-
-    def __init__(self, size: int, rank: int, world_size: int) -> None:
-        base, extra = divmod(size, world_size)
-        self.start = rank * base + min(rank, extra)
-        self.stop = self.start + base + (1 if rank < extra else 0)
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(range(self.start, self.stop))
-
-    def __len__(self) -> int:
-        return self.stop - self.start
-
-
 def is_main_process(model: Any) -> bool:
     """Whether ``model``'s process is the one that prints and writes files; anything without the attribute is."""
     return getattr(model, "is_main_process", True)
@@ -280,10 +259,10 @@ def make_strategy(strategy: Any, *, device: str | torch.device | None, ddp_kwarg
                 "strategy='auto' (kerasish then uses your wrapper) or the plain net.module"
             )
         return Strategy(_worker_device(device))
+    local_device = _ddp_device(device, _local_rank())
     if not dist.is_initialized():
-        local_device = _ddp_device(device, _local_rank(int(os.environ["RANK"])))
         _init_process_group(local_device)
-    return DataParallel(_ddp_device(device, _local_rank(dist.get_rank())), ddp_kwargs)
+    return DataParallel(local_device, ddp_kwargs)
 
 
 def unwrap(net: nn.Module) -> nn.Module:
@@ -311,11 +290,12 @@ def _wants_ddp(strategy: str) -> bool:
     )
 
 
-def _local_rank(rank: int) -> int:
+def _local_rank() -> int:
+    """torchrun's LOCAL_RANK; under a group initialised by hand without it, the global rank modulo the GPUs."""
     if "LOCAL_RANK" in os.environ:
         return int(os.environ["LOCAL_RANK"])
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    return rank % count if count else 0
+    return dist.get_rank() % count if count and dist.is_initialized() else 0
 
 
 def _worker_device(device: str | torch.device | None) -> torch.device:
@@ -376,54 +356,6 @@ def _check_ddp_kwargs(ddp_kwargs: Any) -> dict[str, Any]:
                 f"ddp_kwargs[{key!r}] is not an argument of DistributedDataParallel; valid: {', '.join(sorted(known))}"
             )
     return dict(ddp_kwargs)
-
-
-def _shardable_sampler(loader: Iterable, argument: str) -> Sampler | None:
-    """The sampler of a loader kerasish can shard; ``None`` for data that is used as given on every rank."""
-    if not isinstance(loader, DataLoader) or isinstance(loader.dataset, IterableDataset):
-        return None  # lists of batches, IterableDatasets: the user's to shard
-    sampler = loader.sampler
-    if isinstance(sampler, DistributedSampler):
-        return sampler
-    if type(loader) is not DataLoader:
-        raise ValueError(
-            f"{argument} is a {type(loader).__name__}, a DataLoader subclass kerasish cannot rebuild with a sharding "
-            "sampler; give it a torch.utils.data.DistributedSampler yourself (kerasish calls its set_epoch)"
-        )
-    batch_sampler = loader.batch_sampler
-    plain_batches = batch_sampler is None or type(batch_sampler) is torch.utils.data.BatchSampler
-    plain = type(sampler) is SequentialSampler or (
-        type(sampler) is RandomSampler and not sampler.replacement and sampler._num_samples is None
-    )
-    if not (plain and plain_batches):
-        custom = sampler if not plain else batch_sampler
-        raise ValueError(
-            f"{argument} has a custom {type(custom).__name__}, which kerasish cannot shard across "
-            f"{dist.get_world_size()} processes without changing what it does; use shuffle=True/False, or give the "
-            "loader a torch.utils.data.DistributedSampler yourself (kerasish calls its set_epoch)"
-        )
-    return sampler
-
-
-def _rebuild(loader: DataLoader, sampler: Sampler) -> DataLoader:
-    """``loader`` with another sampler: every other setting kept (batch size, workers, collate, generator, ...)."""
-    kept = (
-        "batch_size",
-        "num_workers",
-        "collate_fn",
-        "pin_memory",
-        "drop_last",
-        "timeout",
-        "worker_init_fn",
-        "multiprocessing_context",
-        "generator",
-        "prefetch_factor",
-        "persistent_workers",
-        "pin_memory_device",
-        "in_order",
-    )
-    settings = {name: getattr(loader, name) for name in kept if hasattr(loader, name)}
-    return DataLoader(loader.dataset, sampler=sampler, **settings)
 
 
 def _by_dtype(tensors: list[torch.Tensor]) -> list[list[torch.Tensor]]:

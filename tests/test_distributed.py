@@ -23,7 +23,8 @@ from torch.utils.data import DataLoader, IterableDataset, TensorDataset, Weighte
 
 from kerasish import KerasModel
 from kerasish.callbacks import CallbackList
-from kerasish.distributed import ContiguousShard, DataParallel, Strategy
+from kerasish.distributed import DataParallel, Strategy
+from kerasish.sharding import ContiguousShard
 from tests.helpers import launch, rank_outputs, regression_batches
 
 SCRIPT = Path(__file__).resolve().parent / "scripts" / "ddp_digits.py"
