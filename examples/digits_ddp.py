@@ -22,24 +22,16 @@ import sys
 from pathlib import Path
 
 import torch
-from digits_mlp import MIN_VAL_ACC, SEED, make_loaders, make_net  # the one-process demo's, from this folder
-from torch import nn
-from torchmetrics.classification import MulticlassAccuracy
+from digits_mlp import MIN_VAL_ACC, SEED, make_loaders, make_model, make_net  # the one-process demo's, from this folder
 
-from kerasish import CSVLogger, KerasModel
+from kerasish import CSVLogger
 
 
 def main(epochs: int, out: Path) -> float:
     """Trains (or resumes), evaluates and predicts; returns the argmax accuracy of ``predict`` on the val set."""
     torch.manual_seed(SEED)  # every process starts from the same weights (DDP also copies rank 0's to the others)
     train_dl, val_dl = make_loaders()
-    net = make_net()
-    model = KerasModel(
-        net,
-        loss_fn=nn.CrossEntropyLoss(),
-        metrics_dict={"acc": MulticlassAccuracy(num_classes=10, average="micro")},
-        optimizer=torch.optim.Adam(net.parameters(), lr=1e-3),
-    )
+    model = make_model(make_net())  # plain DataLoaders and a plain KerasModel, as in one process
     out.mkdir(parents=True, exist_ok=True)  # on every node: the files are rank 0's, but fit checks the paths
     model.fit(
         train_dl,

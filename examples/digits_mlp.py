@@ -49,6 +49,18 @@ def make_net() -> nn.Module:
     return nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
 
 
+def make_model(net: nn.Module) -> KerasModel:
+    """The net with cross-entropy, plain accuracy and Adam: the same under torchrun (see digits_ddp.py)."""
+    return KerasModel(
+        net,
+        loss_fn=nn.CrossEntropyLoss(),
+        # "micro" is plain accuracy (correct / total), the same number as the argmax check below;
+        # torchmetrics' default "macro" would average the per-class accuracies instead.
+        metrics_dict={"acc": MulticlassAccuracy(num_classes=10, average="micro")},
+        optimizer=torch.optim.Adam(net.parameters(), lr=1e-3),
+    )
+
+
 def main(epochs: int = 30, verbose: int = 1) -> dict:
     """Trains, evaluates and predicts; returns the evaluation dict plus the argmax accuracy of ``predict``.
 
@@ -57,15 +69,7 @@ def main(epochs: int = 30, verbose: int = 1) -> dict:
     """
     torch.manual_seed(SEED)  # weight initialisation
     train_dl, val_dl = make_loaders()
-    net = make_net()
-    model = KerasModel(
-        net,
-        loss_fn=nn.CrossEntropyLoss(),
-        # "micro" is plain accuracy (correct / total), the same number as the argmax check below;
-        # torchmetrics' default "macro" would average the per-class accuracies instead.
-        metrics_dict={"acc": MulticlassAccuracy(num_classes=10, average="micro")},
-        optimizer=torch.optim.Adam(net.parameters(), lr=1e-3),
-    )
+    model = make_model(make_net())
 
     history = model.fit(train_dl, val_dl, epochs=epochs, monitor="val_acc", mode="max", patience=5, verbose=verbose)
     scores = model.evaluate(val_dl)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from sklearn.datasets import load_digits
 from torch.utils.data import DataLoader, TensorDataset
+
+from tests.helpers import digits_split
 
 
 @pytest.fixture(autouse=True)
@@ -16,12 +17,7 @@ def _seed() -> None:
 @pytest.fixture(scope="session")
 def digits() -> tuple[TensorDataset, TensorDataset]:
     """Digits scaled to [0, 1]: 1400 train and 397 val samples, in a fixed order."""
-    x, y = load_digits(return_X_y=True)
-    x = torch.tensor(x / 16.0, dtype=torch.float32)
-    y = torch.tensor(y, dtype=torch.long)
-    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
-    x, y = x[order], y[order]
-    return TensorDataset(x[:1400], y[:1400]), TensorDataset(x[1400:], y[1400:])
+    return digits_split()
 
 
 @pytest.fixture

@@ -10,9 +10,21 @@ from pathlib import Path
 
 import pytest
 import torch
+from sklearn.datasets import load_digits
 from torch import nn
+from torch.utils.data import TensorDataset
 
 from kerasish import Callback
+
+
+def digits_split() -> tuple[TensorDataset, TensorDataset]:
+    """scikit-learn's digits scaled to [0, 1]: 1400 train and 397 val samples, in a fixed order."""
+    x, y = load_digits(return_X_y=True)
+    x = torch.tensor(x / 16.0, dtype=torch.float32)
+    y = torch.tensor(y, dtype=torch.long)
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
+    x, y = x[order], y[order]
+    return TensorDataset(x[:1400], y[:1400]), TensorDataset(x[1400:], y[1400:])
 
 
 def mlp() -> nn.Module:

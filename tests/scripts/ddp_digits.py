@@ -14,28 +14,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from sklearn.datasets import load_digits
 from torch import nn
 from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
-from torch.utils.data import DataLoader, TensorDataset, WeightedRandomSampler
+from torch.utils.data import DataLoader, WeightedRandomSampler
 from torchmetrics.classification import MulticlassAccuracy
 
 from kerasish import Callback, CSVLogger, EarlyStopping, KerasModel, ModelCheckpoint
+from tests.helpers import digits_split
 
-TRAIN, VAL = 1400, 397  # an even train set (no padded repeats) and a val set that does not divide by 2
-
-
-def digits() -> tuple[TensorDataset, TensorDataset]:
-    x, y = load_digits(return_X_y=True)
-    x = torch.tensor(x / 16.0, dtype=torch.float32)
-    y = torch.tensor(y, dtype=torch.long)
-    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
-    x, y = x[order], y[order]
-    return TensorDataset(x[:TRAIN], y[:TRAIN]), TensorDataset(x[TRAIN:], y[TRAIN:])
+TRAIN = 1400  # an even train set (no padded repeats), and a val set of 397 that does not divide by 2
 
 
 def loaders(batch_size: int, *, shuffle: bool = False, workers: int = 0) -> tuple[DataLoader, DataLoader]:
-    train, val = digits()
+    train, val = digits_split()
     generator = torch.Generator().manual_seed(0) if shuffle else None
     settings = {"num_workers": workers, "persistent_workers": workers > 0}
     return (
