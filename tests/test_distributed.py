@@ -29,7 +29,7 @@ from tests.helpers import launch, rank_outputs, regression_batches
 
 SCRIPT = Path(__file__).resolve().parent / "scripts" / "ddp_digits.py"
 LAUNCH_TIMEOUT = 180  # seconds
-FIRST_LAUNCH = ("parity", "stops", "accumulate", "wrapped", "batchnorm", "refused", "cut", "whole")
+FIRST_LAUNCH = ("parity", "stops", "accumulate", "shuffled", "wrapped", "batchnorm", "refused", "cut", "whole")
 HISTORY_TOLERANCE = 1e-5
 
 # Installed into both ranks through PYTHONPATH: records every file the process opens for writing, renames or
@@ -132,6 +132,14 @@ def test_val_accuracy_counts_each_of_the_397_samples_once(launched):
     for value in record(launched, "parity", 1)["history"]["val_acc"]:
         assert value * 397 == pytest.approx(round(value * 397), abs=1e-3)
         assert value * 398 != pytest.approx(round(value * 398), abs=1e-3)
+
+
+def test_each_epoch_the_ranks_shuffled_shards_cover_the_train_set_once(launched):
+    reads = [record(launched, "shuffled", rank)["read"] for rank in (0, 1)]
+    epochs = [[read[epoch * 700 : (epoch + 1) * 700] for read in reads] for epoch in (0, 1)]
+    for first, second in epochs:
+        assert sorted(first + second) == list(range(1400))  # one seed for both ranks: disjoint halves
+    assert epochs[0][0] != epochs[1][0] and sorted(epochs[0][0]) != sorted(epochs[1][0])  # reshuffled per epoch
 
 
 def test_accumulation_with_a_short_last_window_equals_one_process(launched, tmp_path):

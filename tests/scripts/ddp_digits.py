@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
-from torch.utils.data import DataLoader, WeightedRandomSampler
+from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 from torchmetrics.classification import MulticlassAccuracy
 
 from kerasish import Callback, CSVLogger, EarlyStopping, KerasModel, ModelCheckpoint
@@ -126,6 +126,30 @@ def batchnorm(out: Path) -> None:
     save(out, "batchnorm", model, evaluate=model.evaluate(val_dl))
 
 
+class Recorded(Dataset):
+    """A data set that records the index of every sample read, in order."""
+
+    def __init__(self, data: Dataset) -> None:
+        self.data, self.read = data, []
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, index: int):
+        self.read.append(int(index))
+        return self.data[index]
+
+
+def shuffled(out: Path) -> None:
+    """A shuffled loader: which train samples each rank reads, epoch by epoch."""
+    train, val = digits_split()
+    recorded = Recorded(train)
+    model = build()
+    shuffling = DataLoader(recorded, batch_size=16, shuffle=True)  # no generator: torch's seed, shared by rank 0
+    model.fit(shuffling, DataLoader(val, batch_size=16), epochs=2, verbose=0)
+    save(out, "shuffled", model, read=recorded.read)
+
+
 def wrapped(out: Path) -> None:
     """A net the user wrapped in DDP: used as it is; checkpoints without ``module.``; a prefixed file still loads."""
     from torch.nn.parallel import DistributedDataParallel
@@ -177,6 +201,7 @@ SCENARIOS = {
     "stops": stops,
     "accumulate": accumulate,
     "wrapped": wrapped,
+    "shuffled": shuffled,
     "batchnorm": batchnorm,
     "refused": refused,
     "cut": lambda out: resumable(out, 3, out / "run_state.pt", name="cut"),
