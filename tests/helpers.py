@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 from sklearn.datasets import load_digits
@@ -102,8 +104,8 @@ def tagged_linear(features: int = 3) -> nn.Module:
 def launch(arguments: list[str], *, logs: Path, env: dict[str, str] | None = None, timeout: float = 180) -> None:
     """Runs ``torchrun --standalone --nproc_per_node=2 ARGUMENTS``, each rank's output under ``logs``.
 
-    The whole process group is killed if it outlives ``timeout`` seconds: a rank left waiting in a collective would
-    otherwise block for gloo's own timeout, 30 minutes. A failure shows torchrun's output and every rank's.
+    torchrun and every rank are killed if they outlive ``timeout`` seconds: a rank left waiting in a collective
+    would otherwise block for gloo's own timeout, 30 minutes. A failure shows torchrun's output and every rank's.
     """
     command = [
         *(sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"),
@@ -116,12 +118,22 @@ def launch(arguments: list[str], *, logs: Path, env: dict[str, str] | None = Non
     try:
         output, _ = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
+        kill_tree(process.pid)
         process.communicate()
         pytest.fail(f"torchrun {arguments} did not finish in {timeout} s: a rank was left waiting")
     if process.returncode != 0:
         ranks = "\n".join(path.read_text() for path in sorted(logs.rglob("std*.log")))
         pytest.fail(f"torchrun {arguments} failed ({process.returncode}):\n{output.decode()[-3000:]}\n{ranks[-6000:]}")
+
+
+def kill_tree(pid: int) -> None:
+    """Kills a process, its process group and every descendant: torchrun starts each rank in a session of its own,
+    out of reach of a kill of torchrun's group alone."""
+    descendants = psutil.Process(pid).children(recursive=True)
+    os.killpg(pid, signal.SIGKILL)
+    for child in descendants:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            child.kill()
 
 
 def rank_outputs(logs: Path) -> dict[str, str]:
