@@ -389,3 +389,25 @@ def test_load_ckpt_takes_files_with_a_wrappers_prefix(tmp_path):
 def _save(state: dict, path: Path) -> Path:
     torch.save(state, path)
     return path
+
+
+def test_under_torchrun_on_gpus_each_process_takes_cuda_local_rank(monkeypatch):
+    from kerasish import distributed
+
+    chosen = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+    assert distributed._ddp_device(None, 3) == torch.device("cuda", 3)
+    assert distributed._ddp_device("cuda", 1) == torch.device("cuda", 1)
+    assert distributed._ddp_device("cuda:0", 1) == torch.device("cuda", 0)  # an index given is kept
+    assert distributed._ddp_device("cpu", 1) == torch.device("cpu")
+    monkeypatch.setenv("LOCAL_RANK", "2")  # independent workers (strategy=None) under torchrun
+    assert distributed._worker_device(None) == torch.device("cuda", 2)
+    assert chosen == [
+        torch.device("cuda", 3),
+        torch.device("cuda", 1),
+        torch.device("cuda", 0),
+        torch.device("cuda", 2),
+    ]
+    with pytest.raises(ValueError, match=r"device='mps': MPS has no multi-process backend"):
+        distributed._ddp_device("mps", 0)
