@@ -18,7 +18,6 @@ check, a clock or data that can differ between ranks.
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import inspect
 import os
@@ -328,15 +327,9 @@ def _ddp_device(device: str | torch.device | None, local_rank: int) -> torch.dev
 
 
 def _init_process_group(device: torch.device) -> None:
-    backend = "cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo"
-    dist.init_process_group(backend=backend)
-    # The group is kerasish's to tear down: at exit, so a script ends without torch's warning about a leaked group.
-    atexit.register(_destroy_process_group)
-
-
-def _destroy_process_group() -> None:
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    # Not destroyed at exit on purpose: a net still alive then (a script's global) would free its DDP reducer after
+    # the group, and gloo's destructor then waits, holding the GIL, on a thread that needs it (seen to hang).
+    dist.init_process_group(backend="cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo")
 
 
 def _check_ddp_kwargs(ddp_kwargs: Any) -> dict[str, Any]:
