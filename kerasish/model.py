@@ -216,8 +216,8 @@ class KerasModel:
             The history, one row per finished epoch (also kept as ``self.history``): ``epoch``, ``train_loss``,
             ``train_<metric>``, ``val_loss``, ``val_<metric>``, ``lr`` (the learning rate at the epoch's start,
             which its first optimizer step used) and ``time`` (the wall seconds of the epoch's passes;
-            data-parallel, of the slowest rank's). Losses are sample-weighted means over the pass; data-parallel,
-            over every rank's samples, so every rank returns the same history.
+            data-parallel, the slowest rank's, up to each pass's reduction). Losses are sample-weighted means over
+            the pass; data-parallel, over every rank's samples, so every rank returns the same history.
 
         Raises:
             ValueError, TypeError: a bad argument, or a state file that is not one or does not match this fit,

@@ -218,7 +218,9 @@ class EpochRunner:
     (data-parallel, after one reduction across ranks, so every rank returns the same logs).
 
     Attributes:
-        seconds: the last pass's wall time (data-parallel, the slowest rank's), part of the epoch's ``time``.
+        seconds: the last pass's wall time, part of the epoch's ``time``: to the end of its metrics' compute in one
+            process; data-parallel, the slowest rank's up to the pass's reduction (which carries it), so that every
+            rank records the same number.
 
     Args:
         step_runner: runs each batch.
@@ -282,7 +284,7 @@ class EpochRunner:
             finally:
                 progress.close()
         logs = metrics.compute(self.stage, batches=batches, seconds=time.perf_counter() - start)
-        self.seconds = metrics.seconds
+        self.seconds = metrics.seconds if self.step_runner.strategy.distributed else time.perf_counter() - start
         return logs
 
 
