@@ -53,7 +53,6 @@ class Strategy:
 
     rank = 0
     world_size = 1
-    local_rank = 0
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
@@ -134,7 +133,6 @@ class DataParallel(Strategy):
         super().__init__(device)
         self.rank = dist.get_rank()
         self.world_size = dist.get_world_size()
-        self.local_rank = _local_rank()
         self.ddp_kwargs = dict(ddp_kwargs or {})
         self.ddp: DistributedDataParallel | None = None
 
