@@ -36,12 +36,18 @@ class EpochClock(Callback):
 
 
 def fit_kerasish(
-    parts: Parts, *, epochs: int, patience: int, verbose: int, model_class: type[KerasModel] = KerasModel
+    parts: Parts,
+    *,
+    epochs: int,
+    patience: int,
+    verbose: int,
+    model_class: type[KerasModel] = KerasModel,
+    clock: EpochClock | None = None,
 ) -> RunResult:
     """Fits with early stopping and best-weight restore on ``val_acc``, as a user would; times it like the hand loop.
 
     ``model_class`` lets a caller plug in a ``KerasModel`` subclass (``cuda_sync_check.py`` plugs in a step runner
-    that checks for host syncs).
+    that checks for host syncs); ``clock`` one that stamps more (the two-process benchmark's CPU clock).
     """
     model = model_class(
         parts.net,
@@ -50,7 +56,7 @@ def fit_kerasish(
         optimizer=parts.optimizer,
         device=parts.device,
     )
-    clock = EpochClock()
+    clock = clock or EpochClock()
     fit_start = time.perf_counter()
     frame = model.fit(
         parts.train_loader,
