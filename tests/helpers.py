@@ -129,8 +129,12 @@ def launch(arguments: list[str], *, logs: Path, env: dict[str, str] | None = Non
 def kill_tree(pid: int) -> None:
     """Kills a process, its process group and every descendant: torchrun starts each rank in a session of its own,
     out of reach of a kill of torchrun's group alone."""
-    descendants = psutil.Process(pid).children(recursive=True)
-    os.killpg(pid, signal.SIGKILL)
+    try:
+        descendants = psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:  # torchrun ended meanwhile; its ranks may not have
+        descendants = []
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)
     for child in descendants:
         with contextlib.suppress(psutil.NoSuchProcess):
             child.kill()

@@ -9,6 +9,7 @@ data-parallel under ``torchrun``. Each scenario saves what it ends with (history
 
 from __future__ import annotations
 
+import faulthandler
 import sys
 from pathlib import Path
 from typing import Any
@@ -22,13 +23,19 @@ from torchmetrics.classification import MulticlassAccuracy
 from kerasish import Callback, CSVLogger, EarlyStopping, KerasModel, ModelCheckpoint
 from tests.helpers import digits_split
 
+WATCHDOG_SECONDS = 150
+WORKER_TIMEOUT_SECONDS = 60  # a loader worker that sends no batch for this long is an error, not a hang
 TRAIN = 1400  # an even train set (no padded repeats), and a val set of 397 that does not divide by 2
 
 
 def loaders(batch_size: int, *, shuffle: bool = False, workers: int = 0) -> tuple[DataLoader, DataLoader]:
     train, val = digits_split()
     generator = torch.Generator().manual_seed(0) if shuffle else None
-    settings = {"num_workers": workers, "persistent_workers": workers > 0}
+    settings = {
+        "num_workers": workers,
+        "persistent_workers": workers > 0,
+        "timeout": WORKER_TIMEOUT_SECONDS if workers else 0,
+    }
     return (
         DataLoader(train, batch_size=batch_size, shuffle=shuffle, generator=generator, **settings),
         DataLoader(val, batch_size=batch_size, **settings),
@@ -210,6 +217,9 @@ SCENARIOS = {
 }
 
 if __name__ == "__main__":
+    # Each rank ends itself, printing every thread's stack, if the script hangs (a rank left waiting in a collective
+    # would otherwise wait for gloo's 30-minute timeout); tests/helpers.launch also kills the ranks, a little later.
+    faulthandler.dump_traceback_later(WATCHDOG_SECONDS, exit=True)
     folder = Path(sys.argv[1])
     for scenario in sys.argv[2:]:
         SCENARIOS[scenario](folder)
