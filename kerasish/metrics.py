@@ -1,5 +1,16 @@
 """Per-pass accumulation of the loss and the metrics, kept on the device until the pass ends.
 
+A metric is one of two kinds:
+
+- *stateful*: a torchmetrics ``Metric``, or any object with callable ``compute`` and ``reset`` attributes (such as
+  torchkeras's metric modules, or a class of your own). Each step updates it with ``metric.update(preds, labels)``
+  when it has a callable ``update``, else by calling ``metric(preds, labels)`` (whatever that returns is ignored);
+  ``reset()`` runs before each pass and ``compute()`` once at its end, giving the pass's value: a tensor with one
+  element or a Python real number. Each stage works on its own copy, so the object you pass is never changed.
+- *a function* ``fn(preds, labels) -> tensor | float``: its batch values are averaged weighted by samples. This is
+  exact for means over samples (accuracy, MAE), not for ratios of counts (precision, recall, F1): write those as
+  stateful metrics.
+
 Nothing here reads a value back to the host inside a step: sums stay device tensors, sample counts are Python ints
 taken from shapes, and :meth:`MetricSet.compute` converts everything to floats with a single transfer (data-parallel,
 after one gather of every rank's sums and counts).
@@ -7,23 +18,75 @@ after one gather of every rank's sums and counts).
 
 from __future__ import annotations
 
+import copy
 import math
 import numbers
 import warnings
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 import torch
+from torch import nn
 from torchmetrics import Metric
 
 from kerasish.distributed import Strategy
 
 MetricFn = Callable[[Any, Any], torch.Tensor | float]
-MetricLike = Metric | MetricFn
+
+
+class StatefulMetric(Protocol):
+    """A metric that accumulates over a pass: updated each step (by ``update(preds, labels)`` or by being called
+    with them), ``compute()`` once per pass, ``reset()`` before each pass. See :func:`is_stateful`."""
+
+    def compute(self) -> torch.Tensor | float: ...
+
+    def reset(self) -> None: ...
+
+
+MetricLike = Metric | StatefulMetric | MetricFn
+
+
+def is_stateful(metric: Any) -> bool:
+    """Whether ``metric`` accumulates over a pass: a torchmetrics ``Metric``, or has callable ``compute`` and ``reset``.
+
+    Example:
+        >>> from torchmetrics.regression import MeanSquaredError
+        >>> is_stateful(MeanSquaredError()), is_stateful(lambda preds, labels: 0.0)
+        (True, False)
+    """
+    if isinstance(metric, Metric):
+        return True
+    return callable(getattr(metric, "compute", None)) and callable(getattr(metric, "reset", None))
+
+
+def higher_is_better(metric: Any) -> bool | None:
+    """The metric's own ``higher_is_better`` attribute when it is a bool, else ``None`` (the direction is unknown).
+
+    torchmetrics metrics carry the attribute; set it on any metric object or function to declare its direction.
+
+    Example:
+        >>> def hit_rate(preds, labels):
+        ...     return (preds.argmax(1) == labels).float().mean()
+        >>> higher_is_better(hit_rate)
+        >>> hit_rate.higher_is_better = True
+        >>> higher_is_better(hit_rate)
+        True
+    """
+    value = getattr(metric, "higher_is_better", None)
+    return value if isinstance(value, bool) else None
 
 
 def check_metrics(metrics_dict: Mapping[str, MetricLike] | None) -> dict[str, MetricLike]:
-    """Validates ``metrics_dict`` and returns it as a plain dict."""
+    """Validates ``metrics_dict`` and returns it as a plain dict.
+
+    Each value must be a torchmetrics ``Metric``, another stateful metric (callable ``compute`` and ``reset``, and a
+    callable ``update(preds, labels)`` or being callable as ``metric(preds, labels)``), or a function
+    ``fn(preds, labels) -> tensor``.
+
+    Raises:
+        TypeError: ``metrics_dict`` is not a mapping, or a value is none of the above.
+        ValueError: a key is not an identifier, or is ``"loss"``.
+    """
     if metrics_dict is None:
         return {}
     if not isinstance(metrics_dict, Mapping):
@@ -33,7 +96,13 @@ def check_metrics(metrics_dict: Mapping[str, MetricLike] | None) -> dict[str, Me
             raise ValueError(f"metrics_dict key {name!r} is not valid; use a name like 'acc' or 'f1_macro'")
         if name == "loss":
             raise ValueError("metrics_dict key 'loss' is taken by the loss itself; pick another name")
-        if not (isinstance(metric, Metric) or callable(metric)):
+        if is_stateful(metric) and not (isinstance(metric, Metric) or _has_update(metric) or callable(metric)):
+            raise TypeError(
+                f"metrics_dict[{name!r}] has compute() and reset() but no way to be updated: a stateful metric "
+                f"needs an update(preds, labels) method or to be callable as metric(preds, labels); "
+                f"got {type(metric).__name__}"
+            )
+        if not (isinstance(metric, Metric) or callable(metric) or is_stateful(metric)):
             raise TypeError(
                 f"metrics_dict[{name!r}] must be a torchmetrics Metric or a callable fn(preds, labels) -> tensor; "
                 f"got {type(metric).__name__}"
@@ -44,21 +113,31 @@ def check_metrics(metrics_dict: Mapping[str, MetricLike] | None) -> dict[str, Me
 class MetricSet:
     """The loss and metrics of one stage (train or val), accumulated over one pass.
 
-    The loss and plain-callable metrics are averaged weighted by samples, so a short last batch counts for what
-    it holds. A torchmetrics ``Metric`` gets ``update`` each step and ``compute`` once per pass; each ``MetricSet``
-    owns its own copy, so train and val state never mix.
+    The loss and function metrics are averaged weighted by samples, so a short last batch counts for what it holds.
+    A stateful metric (see :func:`is_stateful`) is updated each step, with ``metric.update(preds, labels)`` when it
+    has a callable ``update``, else with ``metric(preds, labels)`` (torchkeras style; the batch value it returns is
+    ignored). It is reset before each pass and computed once at its end, to a tensor with one element or a Python
+    real number. Each ``MetricSet`` owns a copy of every stateful metric, so train and val state never mix and the
+    user's object is never changed: torchmetrics metrics are cloned, others deep-copied, and an ``nn.Module`` copy is
+    moved to ``device`` (state kept in its parameters or buffers moves with it).
 
     Data-parallel, :meth:`compute` first gathers every rank's sums and counts in one collective and adds them up,
-    and torchmetrics syncs its own states, so every rank computes the numbers of the whole pass. In one process the
+    and torchmetrics syncs its own states, so every rank computes the numbers of the whole pass. kerasish cannot add
+    up the state of other stateful metrics across ranks, so data-parallel they are refused. In one process the
     metrics never sync, even when a process group exists (``strategy=None`` under torchrun).
 
     Args:
-        metrics: name -> torchmetrics ``Metric`` or ``fn(preds, labels) -> tensor``.
+        metrics: name -> torchmetrics ``Metric``, other stateful metric, or ``fn(preds, labels) -> tensor``.
         device: where the sums and the metrics' state live.
         strategy: the model's :class:`~kerasish.distributed.Strategy`; ``None``: one process.
 
     Attributes:
+        stateful: name -> this stage's copy of each stateful metric.
+        functions: name -> each function metric.
         seconds: the pass's wall time given to the last :meth:`compute`; data-parallel, the slowest rank's.
+
+    Raises:
+        ValueError: data-parallel, with a stateful metric that is not a torchmetrics ``Metric``.
     """
 
     def __init__(
@@ -68,10 +147,14 @@ class MetricSet:
         self.strategy = Strategy(device) if strategy is None else strategy
         # MPS has no float64; elsewhere float64 sums keep a long epoch's mean exact to float32 precision.
         self.dtype = torch.float32 if device.type == "mps" else torch.float64
+        if self.strategy.distributed:
+            _check_syncable(metrics)
         self.stateful = {
-            n: _own_copy(m, device, self.strategy.distributed) for n, m in metrics.items() if isinstance(m, Metric)
+            n: _own_copy(m, device, self.strategy.distributed) for n, m in metrics.items() if is_stateful(m)
         }
-        self.functions = {n: m for n, m in metrics.items() if not isinstance(m, Metric)}
+        # How each copy takes a batch, chosen once here rather than looked up in every step.
+        self._updates = {n: _update_fn(m) for n, m in self.stateful.items()}
+        self.functions = {n: m for n, m in metrics.items() if not is_stateful(m)}
         self.names = list(metrics)
         self.seconds = 0.0
         self.reset()
@@ -94,8 +177,8 @@ class MetricSet:
             return
         self.labelled += size
         with torch.no_grad():
-            for metric in self.stateful.values():
-                metric.update(preds, labels)
+            for update in self._updates.values():
+                update(preds, labels)
             for name, fn in self.functions.items():
                 value = fn(preds, labels)
                 if isinstance(value, numbers.Real):
@@ -129,7 +212,7 @@ class MetricSet:
             if not labelled:
                 values[name] = None
             elif name in self.stateful:
-                values[name] = _scalar(self._compute_stateful(name), name)
+                values[name] = _epoch_value(self._compute_stateful(name), name, self.dtype)
             else:
                 values[name] = fn_sums[name] / labelled
         present = [v for v in values.values() if v is not None]
@@ -152,7 +235,7 @@ class MetricSet:
         fn_sums = dict(zip(self.fn_sums, totals[1 : 1 + len(self.fn_sums)], strict=True))
         return totals[0], fn_sums, [int(samples), int(labelled), int(batches), seconds]
 
-    def _compute_stateful(self, name: str) -> torch.Tensor:
+    def _compute_stateful(self, name: str) -> Any:
         if self.labelled:
             return self.stateful[name].compute()
         with warnings.catch_warnings():
@@ -162,14 +245,46 @@ class MetricSet:
             return self.stateful[name].compute()
 
 
-def _own_copy(metric: Metric, device: torch.device, distributed: bool) -> Metric:
-    """A copy of ``metric`` for one stage, on ``device``; syncing across ranks only when training is distributed."""
-    copy = metric.clone().to(device)
+def _check_syncable(metrics: Mapping[str, MetricLike]) -> None:
+    """Refuses stateful metrics whose state kerasish cannot add up across ranks (all but torchmetrics')."""
+    for name, metric in metrics.items():
+        if is_stateful(metric) and not isinstance(metric, Metric):
+            raise ValueError(
+                f"metrics_dict[{name!r}] ({type(metric).__name__}) is a stateful metric that is not a torchmetrics "
+                "Metric; data-parallel training needs its state summed over ranks, which kerasish can do for "
+                "torchmetrics Metrics only. Use a torchmetrics Metric, or subclass torchmetrics.Metric and declare "
+                "the state with add_state"
+            )
+
+
+def _own_copy(metric: StatefulMetric, device: torch.device, distributed: bool) -> StatefulMetric:
+    """A copy of ``metric`` for one stage, on ``device``; a torchmetrics copy syncs across ranks only when training
+    is distributed. A copy that is not an ``nn.Module`` stays where its state was."""
+    if not isinstance(metric, Metric):
+        own = copy.deepcopy(metric)
+        return own.to(device) if isinstance(own, nn.Module) else own
+    own = metric.clone().to(device)
     if not distributed:
         # torchmetrics syncs whenever a process group exists; independent workers (strategy=None) must not.
-        copy.sync_on_compute = False
-        copy._to_sync = False
-    return copy
+        own.sync_on_compute = False
+        own._to_sync = False
+    return own
+
+
+def _has_update(metric: Any) -> bool:
+    return callable(getattr(metric, "update", None))
+
+
+def _update_fn(metric: StatefulMetric) -> Callable[[Any, Any], Any]:
+    """How ``metric`` takes one batch: its ``update`` method, else the metric itself (torchkeras's ``forward``)."""
+    return metric.update if _has_update(metric) else metric
+
+
+def _epoch_value(value: Any, name: str, dtype: torch.dtype) -> torch.Tensor:
+    """A stateful metric's ``compute()`` result as a 0-d tensor; a Python number becomes a host tensor of ``dtype``."""
+    if isinstance(value, numbers.Real):
+        return torch.tensor(float(value), dtype=dtype)
+    return _scalar(value, name)
 
 
 def _scalar(value: Any, name: str) -> torch.Tensor:
