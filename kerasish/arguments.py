@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from kerasish.history import history_columns
+from kerasish.monitor import Monitor
 from kerasish.runners import loader_length
 
 SCHEDULER_INTERVALS = ("epoch", "step")
@@ -72,9 +73,9 @@ def check_verbose(verbose: Any) -> None:
 
 
 def check_fit_args(
-    model: Any, train_data: Any, val_data: Any, *, epochs: Any, monitor: str, mode: str, verbose: Any
-) -> list[str]:
-    """Raises on any bad argument of ``fit``; returns the history's columns."""
+    model: Any, train_data: Any, val_data: Any, *, epochs: Any, monitor: Monitor, verbose: Any
+) -> tuple[list[str], Monitor]:
+    """Raises on any bad argument of ``fit``; returns the history's columns and ``monitor`` with its mode known."""
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"epochs={epochs!r} is not valid; use an int >= 1")
     check_verbose(verbose)
@@ -82,19 +83,19 @@ def check_fit_args(
     if val_data is not None:
         check_loader(val_data, "val_data")
     columns = history_columns(model.metrics_dict, has_val=val_data is not None)
-    if monitor not in columns:
-        if val_data is None and monitor in history_columns(model.metrics_dict, has_val=True):
-            raise ValueError(
-                f"monitor={monitor!r} needs val_data, but val_data is None; monitor a train_* column instead"
-            )
-        raise ValueError(f"monitor={monitor!r} is not a history column; available: {', '.join(columns)}")
+    name = monitor.name
+    if name not in columns:
+        if val_data is None and name in history_columns(model.metrics_dict, has_val=True):
+            raise ValueError(f"monitor={name!r} needs val_data, but val_data is None; monitor a train_* column instead")
+        raise ValueError(f"monitor={name!r} is not a history column; available: {', '.join(columns)}")
+    monitor = monitor.resolved(model.metrics_dict, owner="fit")
     scheduler = model.lr_scheduler
-    if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau) and scheduler.mode != mode:
+    if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau) and scheduler.mode != monitor.mode:
         raise ValueError(
-            f"lr_scheduler is ReduceLROnPlateau(mode={scheduler.mode!r}) but fit has mode={mode!r} for "
-            f"monitor={monitor!r}; make them agree"
+            f"lr_scheduler is ReduceLROnPlateau(mode={scheduler.mode!r}) but fit has mode={monitor.mode!r} for "
+            f"monitor={name!r}; make them agree"
         )
-    return columns
+    return columns, monitor
 
 
 def check_loader(data: Any, argument: str) -> None:

@@ -42,12 +42,17 @@ class History:
     the same object.
 
     The frame remembers the fit's :class:`~kerasish.Monitor` in ``frame.attrs["monitor"]`` (a dict of its fields),
-    so :func:`~kerasish.plot_history` marks the epoch that early stopping and best-weight restore chose.
+    so :func:`~kerasish.plot_history` marks the epoch that early stopping and best-weight restore chose, and in
+    ``frame.attrs["directions"]`` which way each column improves (``"min"``/``"max"``, where known), so any other
+    column can be marked by the rule the fit would have used.
     """
 
-    def __init__(self, columns: list[str], monitor: Monitor | None = None) -> None:
+    def __init__(
+        self, columns: list[str], monitor: Monitor | None = None, directions: dict[str, str] | None = None
+    ) -> None:
         self.columns = list(columns)
         self.monitor = monitor
+        self.directions = dict(directions or {})
         self.rows: list[dict] = []
         self._known = set(self.columns)
         self._extra: dict[str, None] = {}  # columns beyond the known ones, in the order they first appeared
@@ -67,4 +72,6 @@ class History:
             self._frame = pd.DataFrame(self.rows, columns=[*self.columns, *self._extra])
             if self.monitor is not None:
                 self._frame.attrs["monitor"] = dataclasses.asdict(self.monitor)
+            if self.directions:
+                self._frame.attrs["directions"] = dict(self.directions)
         return self._frame

@@ -28,7 +28,7 @@ from kerasish.device import move_optimizer_state, to_device
 from kerasish.distributed import Strategy, make_strategy, unwrap
 from kerasish.history import History
 from kerasish.metrics import MetricLike, MetricSet, check_metrics
-from kerasish.monitor import Monitor
+from kerasish.monitor import Monitor, direction
 from kerasish.precision import autocast, check_precision
 from kerasish.progress import PassProgress, format_logs, say
 from kerasish.resume import RunState
@@ -163,7 +163,7 @@ class KerasModel:
         epochs: int = 10,
         *,
         monitor: str | None = None,
-        mode: str = "min",
+        mode: str | None = None,
         patience: int | None = 5,
         min_delta: float = 0.0,
         delta_mode: str = "abs",
@@ -188,7 +188,9 @@ class KerasModel:
             epochs: the most epochs to run, >= 1.
             monitor: the history column that picks the best epoch; ``None`` means ``"val_loss"`` when there is
                 val data, else ``"train_loss"``.
-            mode: ``"min"`` or ``"max"``: whether lower or higher ``monitor`` is better.
+            mode: ``"min"`` or ``"max"``: whether lower or higher ``monitor`` is better. ``None`` (default): from
+                the column: losses are minimised, a metric's ``higher_is_better`` decides (torchmetrics metrics
+                carry it); for a column neither says (a plain function's), ``None`` is an error before any step.
             patience: epochs without improvement before stopping; ``None`` never stops early.
             min_delta: an improvement must beat the best by more than this; a tie never improves.
             delta_mode: ``"abs"``: ``min_delta`` is an amount; ``"rel"``: a fraction of ``abs(best)``.
@@ -237,10 +239,10 @@ class KerasModel:
             (['epoch', 'train_loss', 'val_loss', 'lr', 'time'], 3)
         """
         monitor = monitor or ("val_loss" if val_data is not None else "train_loss")
-        columns = check_fit_args(self, train_data, val_data, epochs=epochs, monitor=monitor, mode=mode, verbose=verbose)
+        watched = Monitor(monitor, mode, min_delta, delta_mode)
+        columns, watched = check_fit_args(self, train_data, val_data, epochs=epochs, monitor=watched, verbose=verbose)
         train_loader = self.strategy.train_loader(train_data, "train_data")
         val_loader = None if val_data is None else self.strategy.eval_loader(val_data, "val_data")[0]
-        watched = Monitor(monitor, mode, min_delta, delta_mode)
         builtins = self._builtin_callbacks(watched, patience, restore_best_weights, ckpt_path, verbose)
         builtins += plot_callbacks(plot, ckpt_path, verbose)
         callbacks = CallbackList([*builtins, *(callbacks or [])])
@@ -248,7 +250,8 @@ class KerasModel:
             self.optimizer = default_optimizer(self.net)
         train_pass = self._epoch_runner("train", callbacks, verbose)
         val_pass = None if val_data is None else self._epoch_runner("val", callbacks, verbose)
-        history = History(columns, monitor=watched)
+        directions = {column: direction(column, self.metrics_dict) for column in columns}
+        history = History(columns, monitor=watched, directions={c: d for c, d in directions.items() if d})
         run = RunState.open(
             state_path, resume, model=self, history=history, callbacks=callbacks, runner=train_pass, loader=train_data
         )
@@ -388,14 +391,13 @@ class KerasModel:
         self.net.load_state_dict(strip_wrapper_prefixes(weights, self.net.state_dict()))
 
     def _builtin_callbacks(self, monitor: Monitor, patience, restore_best_weights, ckpt_path, verbose) -> list:
-        args = (monitor.name, monitor.mode, monitor.min_delta)
         built: list[Callback] = []
         if restore_best_weights:
-            built.append(BestWeights(*args, delta_mode=monitor.delta_mode, verbose=verbose))
+            built.append(BestWeights(monitor, verbose=verbose))
         if ckpt_path is not None:
-            built.append(ModelCheckpoint(check_writable(ckpt_path, "ckpt_path"), *args, delta_mode=monitor.delta_mode))
+            built.append(ModelCheckpoint(check_writable(ckpt_path, "ckpt_path"), monitor))
         if patience is not None:
-            built.append(EarlyStopping(*args, delta_mode=monitor.delta_mode, patience=patience, verbose=verbose))
+            built.append(EarlyStopping(monitor, patience=patience, verbose=verbose))
         return built
 
     def _epoch_runner(self, stage: str, callbacks: CallbackList, verbose: int) -> runners.EpochRunner:

@@ -1,14 +1,56 @@
-"""The one definition of "improved" that every comparing callback uses."""
+"""The one definition of "improved" that every comparing callback uses, and of which direction is better.
+
+A monitor's direction is never guessed from a column's name alone. With ``mode=None`` it comes from what produced
+the column (:func:`direction`): the losses (``train_loss``, ``val_loss``, any ``*_loss`` column) are minimised; a
+metric's own ``higher_is_better`` (every torchmetrics metric carries it; set it on a function or object of your own)
+decides for its columns; anything else is an error that asks for ``mode="min"`` or ``"max"``.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from kerasish.metrics import higher_is_better
+
 MODES = ("min", "max")
 DELTA_MODES = ("abs", "rel")
+STAGE_PREFIXES = ("train_", "val_")
+
+
+def direction(column: str, metrics: Mapping[str, Any] | None = None) -> str | None:
+    """``"min"`` or ``"max"``: which way a history column improves, or ``None`` when nothing says.
+
+    Args:
+        column: a history column such as ``"val_acc"``.
+        metrics: the model's ``metrics_dict``, whose entries may carry ``higher_is_better``.
+
+    Example:
+        >>> from torchmetrics.classification import MulticlassAccuracy
+        >>> metrics = {"acc": MulticlassAccuracy(num_classes=3), "f1": lambda preds, labels: preds.mean()}
+        >>> direction("val_loss"), direction("train_acc", metrics), direction("val_f1", metrics), direction("lr")
+        ('min', 'max', None, None)
+    """
+    metrics = metrics or {}
+    for prefix in STAGE_PREFIXES:
+        name = column[len(prefix) :] if column.startswith(prefix) else None
+        if name in metrics:
+            better = higher_is_better(metrics[name])
+            if better is not None:
+                return "max" if better else "min"
+    return "min" if column.endswith("_loss") else None
+
+
+def _unknown_direction(column: str, metrics: Mapping[str, Any]) -> str:
+    """Why ``direction`` found none, for the error that asks for a mode."""
+    for prefix in STAGE_PREFIXES:
+        name = column[len(prefix) :] if column.startswith(prefix) else None
+        if name in metrics:
+            return f"metric {name!r} ({type(metrics[name]).__name__}) has no higher_is_better"
+    return f"{column!r} is neither a loss nor a metric with higher_is_better"
 
 
 @dataclass(frozen=True)
@@ -20,6 +62,9 @@ class Monitor:
     fraction of the best's size, which stays right for negative values such as log-likelihoods). A tie is not an
     improvement, and neither is NaN or an infinity; the first finite value always improves on "no best yet".
 
+    ``mode=None`` (every default) means "from the column": :meth:`resolved` (called when a fit begins) takes it
+    from :func:`direction`, and raises when nothing says which way the column improves.
+
     Example:
         >>> m = Monitor("val_acc", mode="max", min_delta=0.01)
         >>> m.improved(0.90, best=None), m.improved(0.905, best=0.90), m.improved(0.92, best=0.90)
@@ -30,28 +75,56 @@ class Monitor:
     """
 
     name: str = "val_loss"
-    mode: str = "min"
+    mode: str | None = None
     min_delta: float = 0.0
     delta_mode: str = "abs"
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
             raise ValueError(f"monitor={self.name!r} is not valid; use a history column such as 'val_loss'")
-        if self.mode not in MODES:
-            raise ValueError(f"mode={self.mode!r} is not valid; use 'min' or 'max'")
+        if self.mode is not None and self.mode not in MODES:
+            raise ValueError(f"mode={self.mode!r} is not valid; use 'min', 'max', or None (from the metric)")
         if isinstance(self.min_delta, bool) or not isinstance(self.min_delta, (int, float)) or not self.min_delta >= 0:
             raise ValueError(f"min_delta={self.min_delta!r} is not valid; use a number >= 0")
         if self.delta_mode not in DELTA_MODES:
             raise ValueError(f"delta_mode={self.delta_mode!r} is not valid; use 'abs' or 'rel'")
 
+    def resolved(self, metrics: Mapping[str, Any] | None = None, owner: str = "fit") -> Monitor:
+        """This monitor with its ``mode`` known: as given, else its column's :func:`direction`.
+
+        Raises:
+            ValueError: ``mode`` is ``None`` and nothing says which way the column improves; the message names
+                ``owner`` (``fit`` or the callback) and asks for ``mode="min"`` or ``"max"``.
+        """
+        if self.mode is not None:
+            return self
+        mode = direction(self.name, metrics)
+        if mode is None:
+            raise ValueError(
+                f"{owner}: monitor={self.name!r} with mode=None, but {_unknown_direction(self.name, metrics or {})}, "
+                "so kerasish cannot tell whether higher or lower is better; pass mode='max' or mode='min'"
+            )
+        return dataclasses.replace(self, mode=mode)
+
+    def for_fit(self, model: Any, owner: str) -> Monitor:
+        """Checked against the fit's columns and resolved against its metrics; for callbacks' ``on_fit_begin``.
+
+        ``model`` may lack a history or metrics (a stand-in in a test): what is missing is not checked.
+        """
+        history = getattr(model, "history", None)
+        if history is not None:
+            self.check(history.columns, owner)
+        return self.resolved(getattr(model, "metrics_dict", None), owner)
+
     def improved(self, value: float, best: float | None) -> bool:
         """Whether ``value`` improves on ``best`` (``None``: nothing seen yet)."""
+        mode = self.mode or self.resolved().mode  # mode=None outside a fit: the losses' direction, else an error
         if not math.isfinite(value):
             return False
         if best is None:
             return True
         margin = self.min_delta * abs(best) if self.delta_mode == "rel" else self.min_delta
-        if self.mode == "min":
+        if mode == "min":
             return value < best - margin
         return value > best + margin
 
@@ -73,6 +146,17 @@ class Monitor:
             raise ValueError(
                 f"{owner}: monitor={self.name!r} is not a history column of this fit; available: {', '.join(columns)}"
             )
+
+
+def monitor_argument(monitor: str | Monitor, mode: str | None, min_delta: float, delta_mode: str) -> Monitor:
+    """A callback's ``monitor`` argument as a :class:`Monitor`: a column name with the loose fields, or a Monitor."""
+    if not isinstance(monitor, Monitor):
+        return Monitor(monitor, mode, min_delta, delta_mode)
+    if (mode, min_delta, delta_mode) != (None, 0.0, "abs"):
+        raise ValueError(
+            f"monitor={monitor!r} already carries mode, min_delta and delta_mode; leave those arguments out"
+        )
+    return monitor
 
 
 class BestSoFar:

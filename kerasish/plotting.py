@@ -49,7 +49,9 @@ def plot_history(
             (``"lr"``); ``None``: every ``train_*`` / ``val_*`` metric, loss first.
         monitor: the column that picks the best epoch. ``None``: the one the fit monitored (a history from ``fit``
             remembers it), else ``val_loss`` if present, else ``train_loss``.
-        mode: ``"min"`` or ``"max"`` for ``monitor``; ``None``: the fit's, else ``"min"``.
+        mode: ``"min"`` or ``"max"`` for ``monitor``; ``None``: the fit's, else the column's direction as the fit
+            knew it (a history from ``fit`` remembers each column's), else ``"min"`` for a loss; for any other column
+            ``None`` is an error.
 
     The best epoch is found with the same rule as early stopping and best-weight restore (the fit's ``min_delta``
     included), so the marked epoch is the one whose weights ``fit`` restored.
@@ -153,7 +155,10 @@ def _stage_metrics(history: pd.DataFrame) -> list[str]:
 
 
 def best_rule(history: pd.DataFrame, monitor: str | None = None, mode: str | None = None) -> Monitor:
-    """How the best epoch is picked: the given ``monitor``/``mode``, else the fit's, else the loss, lower is better."""
+    """How the best epoch is picked: the given ``monitor``/``mode``, else the fit's, else the loss, lower is better.
+
+    A ``mode`` left ``None`` is resolved as the fit resolved it: from the directions the history remembers.
+    """
     remembered = history.attrs.get("monitor", {})
     if monitor is None and remembered.get("name") in history:
         watched = Monitor(**remembered)
@@ -164,7 +169,8 @@ def best_rule(history: pd.DataFrame, monitor: str | None = None, mode: str | Non
         raise ValueError(
             f"monitor={monitor!r} is not a history column; available: {', '.join(map(str, history.columns))}"
         )
-    return Monitor(monitor, mode or "min")
+    known = history.attrs.get("directions", {})
+    return Monitor(monitor, mode or known.get(monitor)).resolved(owner="plot_history")
 
 
 def figure_size(panels: int) -> tuple[float, float]:

@@ -542,7 +542,7 @@ def _weights(model: KerasModel) -> list[torch.Tensor]:
             "val_acc, lr, time",
         ),
         ({"monitor": "val_acc", "val_data": None}, ValueError, "monitor='val_acc' needs val_data"),
-        ({"mode": "maximum"}, ValueError, "mode='maximum' is not valid; use 'min' or 'max'"),
+        ({"mode": "maximum"}, ValueError, "mode='maximum' is not valid; use 'min', 'max', or None"),
         ({"min_delta": -0.1}, ValueError, "min_delta=-0.1 is not valid"),
         ({"epochs": 0}, ValueError, "epochs=0 is not valid; use an int >= 1"),
         ({"epochs": 2.5}, ValueError, "epochs=2.5 is not valid"),
@@ -705,3 +705,77 @@ def test_on_fit_end_gets_the_last_finished_row_when_an_epoch_is_cut_short_in_its
         )  # fmt: skip
     assert [sorted(logs) for logs in seen] == [["epoch", "lr", "time", "train_loss", "val_loss"]]
     assert seen[0]["epoch"] == 1 and seen[0] == model.history.iloc[0].to_dict() | {"epoch": 1}
+
+
+# --- which way is better: mode=None takes it from the metric ------------------------------------------------------
+
+
+def test_monitor_val_acc_with_the_default_mode_keeps_the_best_epoch(digits_loaders):
+    # SGD with a small lr: val_acc climbs every epoch, so the best epoch is the last one, and the first the worst.
+    net = mlp()
+    model = digits_model(net, optimizer=torch.optim.SGD(net.parameters(), lr=0.05))
+    history = model.fit(*digits_loaders, epochs=4, monitor="val_acc", patience=3, verbose=0)
+    accs = history["val_acc"].tolist()
+    assert accs == sorted(accs) and accs[0] < accs[-1] - 0.1, accs
+    assert len(history) == 4  # no early stop: every epoch improved
+    assert model.evaluate(digits_loaders[1])["val_acc"] == pytest.approx(accs[-1], abs=1e-6)
+    assert history.attrs["monitor"]["mode"] == "max"
+
+
+def test_a_callback_monitoring_a_torchmetrics_column_takes_its_direction(digits_loaders):
+    net = mlp()
+    model = digits_model(net, optimizer=torch.optim.SGD(net.parameters(), lr=0.05))
+    stop = EarlyStopping("val_acc", patience=1)
+    model.fit(*digits_loaders, epochs=3, patience=None, callbacks=[stop], verbose=0)
+    assert (stop.best.monitor.mode, stop.best.epoch, stop.stopped_epoch) == ("max", 3, None)
+    assert stop.monitor.mode is None  # the callback's own setting stays "from the metric" for its next fit
+
+
+def _named_fn(preds, labels):
+    return (preds.argmax(1) == labels).float().mean()
+
+
+@pytest.mark.parametrize(
+    ("fit_kwargs", "owner"),
+    [
+        ({"monitor": "val_hits"}, "fit"),
+        ({"callbacks": [EarlyStopping("val_hits")]}, "EarlyStopping"),
+    ],
+)
+def test_a_plain_function_monitored_without_mode_is_an_error_before_any_step(fit_kwargs, owner):
+    data = [(torch.randn(8, 64), torch.randint(0, 10, (8,)))]
+    net = mlp()
+    before = [p.detach().clone() for p in net.parameters()]
+    model = KerasModel(net, nn.CrossEntropyLoss(), metrics_dict={"hits": _named_fn}, device="cpu")
+    with pytest.raises(
+        ValueError,
+        match=rf"^{owner}: monitor='val_hits' with mode=None, but metric 'hits' \(function\) has no higher_is_better, "
+        r"so kerasish cannot tell whether higher or lower is better; pass mode='max' or mode='min'$",
+    ):
+        model.fit(data, data, epochs=2, verbose=0, **fit_kwargs)
+    assert all(torch.equal(a, b) for a, b in zip(before, net.parameters(), strict=True))
+
+
+def test_a_plain_function_says_its_direction_with_higher_is_better():
+    def hits(preds, labels):
+        return (preds.argmax(1) == labels).float().mean()
+
+    hits.higher_is_better = True
+    data = [(torch.randn(8, 64), torch.randint(0, 10, (8,)))]
+    model = KerasModel(mlp(), nn.CrossEntropyLoss(), metrics_dict={"hits": hits}, device="cpu")
+    history = model.fit(data, data, epochs=1, monitor="val_hits", verbose=0)
+    assert history.attrs["monitor"]["mode"] == "max"
+    assert history.attrs["directions"] == {
+        "train_loss": "min",
+        "train_hits": "max",
+        "val_loss": "min",
+        "val_hits": "max",
+    }
+
+
+def test_an_explicit_mode_still_wins(digits_loaders):
+    net = mlp()
+    model = digits_model(net, optimizer=torch.optim.SGD(net.parameters(), lr=0.05))
+    history = model.fit(*digits_loaders, epochs=3, monitor="val_acc", mode="min", patience=None, verbose=0)
+    # "min" on a rising accuracy: the first epoch is the best, as asked
+    assert model.evaluate(digits_loaders[1])["val_acc"] == pytest.approx(history["val_acc"].iloc[0], abs=1e-6)

@@ -7,8 +7,11 @@ import re
 
 import pytest
 import torch
+from torchmetrics import MeanMetric, MeanSquaredError
+from torchmetrics.classification import MulticlassAccuracy
 
 from kerasish import BestSoFar, Monitor
+from kerasish.monitor import direction, monitor_argument
 
 NAN = math.nan
 
@@ -59,13 +62,97 @@ def test_first_finite_value_improves_on_none(mode, value):
 
 def test_defaults():
     monitor = Monitor()
-    assert (monitor.name, monitor.mode, monitor.min_delta) == ("val_loss", "min", 0.0)
+    assert (monitor.name, monitor.mode, monitor.min_delta) == ("val_loss", None, 0.0)
+    assert monitor.resolved().mode == "min"
 
 
-@pytest.mark.parametrize("mode", ["MIN", "auto", "", None])
+@pytest.mark.parametrize("mode", ["MIN", "auto", ""])
 def test_bad_mode_raises(mode):
-    with pytest.raises(ValueError, match=f"^mode={re.escape(repr(mode))} is not valid; use 'min' or 'max'$"):
+    with pytest.raises(
+        ValueError,
+        match=f"^mode={re.escape(repr(mode))} is not valid; use 'min', 'max', or None \\(from the metric\\)$",
+    ):
         Monitor("val_loss", mode)
+
+
+def plain_fn(preds, labels):
+    return preds.mean()
+
+
+def scored_fn(preds, labels):
+    return preds.mean()
+
+
+scored_fn.higher_is_better = True
+
+METRICS = {
+    "acc": MulticlassAccuracy(num_classes=3),
+    "mse": MeanSquaredError(),
+    "mean": MeanMetric(),
+    "f1": plain_fn,
+    "score": scored_fn,
+    "nll_loss": plain_fn,
+}
+
+
+@pytest.mark.parametrize(
+    ("column", "expected"),
+    [
+        ("train_loss", "min"),
+        ("val_loss", "min"),
+        ("val_acc", "max"),  # torchmetrics: higher_is_better=True
+        ("train_mse", "min"),  # higher_is_better=False
+        ("val_score", "max"),  # a function that says so itself
+        ("val_nll_loss", "min"),  # a *_loss column
+        ("val_f1", None),  # a plain function: unknown
+        ("val_mean", None),  # MeanMetric's higher_is_better is None
+        ("lr", None),
+        ("time", None),
+        ("val_acc_typo", None),
+    ],
+)
+def test_direction_comes_from_the_metric_never_from_the_name(column, expected):
+    assert direction(column, METRICS) == expected
+
+
+def test_direction_without_metrics_knows_only_the_losses():
+    assert (direction("val_loss"), direction("val_acc"), direction("val_accuracy")) == ("min", None, None)
+
+
+def test_given_mode_wins_over_the_metric():
+    assert Monitor("val_acc", "min").resolved(METRICS).mode == "min"
+    assert Monitor("val_loss", "max").resolved(METRICS).mode == "max"
+
+
+@pytest.mark.parametrize(
+    ("column", "why"),
+    [
+        ("val_f1", "metric 'f1' \\(function\\) has no higher_is_better"),
+        ("val_mean", "metric 'mean' \\(MeanMetric\\) has no higher_is_better"),
+        ("lr", "'lr' is neither a loss nor a metric with higher_is_better"),
+    ],
+)
+def test_unknown_direction_is_an_error_naming_the_owner_and_the_fix(column, why):
+    with pytest.raises(
+        ValueError,
+        match=f"^EarlyStopping: monitor='{column}' with mode=None, but {why}, so kerasish cannot tell whether "
+        "higher or lower is better; pass mode='max' or mode='min'$",
+    ):
+        Monitor(column).resolved(METRICS, owner="EarlyStopping")
+
+
+def test_unresolved_monitor_compares_losses_but_refuses_other_columns():
+    assert Monitor("val_loss").improved(0.4, best=0.5) is True
+    with pytest.raises(ValueError, match="monitor='val_acc' with mode=None"):
+        Monitor("val_acc").improved(0.4, best=0.5)
+
+
+def test_monitor_argument_takes_a_monitor_or_loose_fields():
+    watched = Monitor("val_acc", "max", 0.1)
+    assert monitor_argument(watched, None, 0.0, "abs") is watched
+    assert monitor_argument("val_acc", "max", 0.1, "abs") == watched
+    with pytest.raises(ValueError, match="already carries mode, min_delta and delta_mode; leave those arguments out"):
+        monitor_argument(watched, "min", 0.0, "abs")
 
 
 @pytest.mark.parametrize("min_delta", [-0.1, NAN, "0.1", None])

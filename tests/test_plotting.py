@@ -103,6 +103,17 @@ def test_max_mode_monitor_from_the_fit_and_explicit_override():
     assert [(list(s.get_xdata()), list(s.get_ydata())) for s in stars] == [([3], [0.9])]
 
 
+def test_another_column_is_marked_by_the_direction_the_fit_knew_and_an_unknown_one_is_an_error():
+    history = history_frame(train_loss=[1.0, 0.9, 0.8], val_loss=[1.0, 0.5, 0.9], val_acc=[0.2, 0.6, 0.9])
+    history.attrs["directions"] = {"train_loss": "min", "val_loss": "min", "val_acc": "max"}
+    assert best_epoch(history, best_rule(history, monitor="val_acc")) == 3
+    assert best_epoch(history, best_rule(history, monitor="val_loss")) == 2
+    del history.attrs["directions"]  # a frame that did not come from fit: the loss still has its direction
+    assert best_epoch(history, best_rule(history, monitor="val_loss")) == 2
+    with pytest.raises(ValueError, match=r"^plot_history: monitor='val_acc' with mode=None, but .* pass mode='max'"):
+        best_rule(history, monitor="val_acc")
+
+
 def test_best_epoch_follows_the_early_stopping_rule():
     history = history_frame(val_loss=[0.5, float("nan"), 0.5, 0.45, 0.44])
     assert best_epoch(history, best_rule(history)) == 5

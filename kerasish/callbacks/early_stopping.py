@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from kerasish.callbacks.base import Callback, Logs
 from kerasish.callbacks.best_weights import BestWeights
-from kerasish.monitor import BestSoFar, Monitor
+from kerasish.monitor import BestSoFar, Monitor, monitor_argument
 from kerasish.progress import say
 
 if TYPE_CHECKING:
@@ -28,7 +28,8 @@ class EarlyStopping(Callback):
     Args:
         monitor: a history column, e.g. ``"val_loss"`` or ``"val_acc"``; checked against the fit's columns when the
             fit begins.
-        mode: ``"min"`` or ``"max"``.
+        mode: ``"min"`` or ``"max"``; ``None`` (default): from the column, when the fit begins (see
+            :func:`kerasish.monitor.direction`: losses are minimised, a metric's ``higher_is_better`` decides).
         min_delta: how much a value must beat the best by to count as an improvement.
         delta_mode: ``"abs"``: ``min_delta`` is an amount; ``"rel"``: a fraction of ``abs(best)``.
         patience: how many epochs without improvement to allow; must be >= 1.
@@ -66,8 +67,8 @@ class EarlyStopping(Callback):
 
     def __init__(
         self,
-        monitor: str = "val_loss",
-        mode: str = "min",
+        monitor: str | Monitor = "val_loss",
+        mode: str | None = None,
         min_delta: float = 0.0,
         *,
         delta_mode: str = "abs",
@@ -78,18 +79,14 @@ class EarlyStopping(Callback):
         verbose: int = 0,
     ) -> None:
         _check_args(patience, baseline, start_from_epoch, restore_best_weights)
-        watched = Monitor(monitor, mode, min_delta, delta_mode)
-        self.best = BestSoFar(watched)
+        self.monitor = monitor_argument(monitor, mode, min_delta, delta_mode)
+        self.best = BestSoFar(self.monitor)
         self.patience = patience
         self.baseline = None if baseline is None else float(baseline)
         self.start_from_epoch = start_from_epoch
         self.verbose = verbose
-        self._restore = (
-            BestWeights(monitor, mode, min_delta, delta_mode=delta_mode, verbose=verbose)
-            if restore_best_weights
-            else None
-        )
-        self.on_fit_begin(None, {})
+        self._restore = BestWeights(self.monitor, verbose=verbose) if restore_best_weights else None
+        self._reset()
 
     @property
     def restore_best_weights(self) -> bool:
@@ -97,13 +94,15 @@ class EarlyStopping(Callback):
         return self._restore is not None
 
     def on_fit_begin(self, model: KerasModel | None, logs: Logs) -> None:
-        if model is not None and hasattr(model, "history"):
-            self.best.monitor.check(model.history.columns, type(self).__name__)
+        self.best.monitor = self.monitor.for_fit(model, type(self).__name__)
+        self._reset()
+        if self._restore is not None:
+            self._restore.on_fit_begin(model, logs)
+
+    def _reset(self) -> None:
         self.best.reset()
         self.wait = 0
         self.stopped_epoch: int | None = None
-        if self._restore is not None:
-            self._restore.on_fit_begin(model, logs)
 
     def on_epoch_end(self, model: KerasModel, logs: Logs) -> None:
         if self._restore is not None:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from kerasish.callbacks.base import Callback, Logs
 from kerasish.checkpoint import atomic_save, check_writable
 from kerasish.distributed import is_main_process
-from kerasish.monitor import BestSoFar, Monitor
+from kerasish.monitor import BestSoFar, Monitor, monitor_argument
 
 if TYPE_CHECKING:
     from kerasish.model import KerasModel
@@ -32,8 +32,10 @@ class ModelCheckpoint(Callback):
 
     Args:
         path: the file to write, or a template of it.
-        monitor: a history column; checked against the fit's columns when the fit begins, as are ``path``'s fields.
-        mode: ``"min"`` or ``"max"``.
+        monitor: a history column, checked against the fit's columns when the fit begins (as are ``path``'s
+            fields), or a :class:`~kerasish.Monitor` (which carries ``mode``, ``min_delta`` and ``delta_mode``).
+        mode: ``"min"`` or ``"max"``; ``None`` (default): from the column, when the fit begins (see
+            :func:`kerasish.monitor.direction`: losses are minimised, a metric's ``higher_is_better`` decides).
         min_delta: how much a value must beat the best by to count as an improvement.
         delta_mode: ``"abs"``: ``min_delta`` is an amount; ``"rel"``: a fraction of ``abs(best)``.
         every_n_epochs: ``None`` saves only when ``monitor`` improves; ``N`` saves at every epoch divisible by ``N``,
@@ -79,8 +81,8 @@ class ModelCheckpoint(Callback):
     def __init__(
         self,
         path: str | os.PathLike,
-        monitor: str = "val_loss",
-        mode: str = "min",
+        monitor: str | Monitor = "val_loss",
+        mode: str | None = None,
         min_delta: float = 0.0,
         *,
         delta_mode: str = "abs",
@@ -95,16 +97,19 @@ class ModelCheckpoint(Callback):
                 f"keep_last={keep_last!r} needs a path template whose name changes per epoch, such as "
                 f"'epoch{{epoch:03d}}.pt'; path={self._template!r} has no fields, so every save overwrites that file"
             )
-        self.best = BestSoFar(Monitor(monitor, mode, min_delta, delta_mode))
+        self.monitor = monitor_argument(monitor, mode, min_delta, delta_mode)
+        self.best = BestSoFar(self.monitor)
         self.every_n_epochs = every_n_epochs
         self.keep_last = keep_last
-        self.on_fit_begin(None, {})
+        self._reset()
 
     def on_fit_begin(self, model: KerasModel | None, logs: Logs) -> None:
+        self.best.monitor = self.monitor.for_fit(model, type(self).__name__)
         if model is not None and hasattr(model, "history"):
-            columns = list(model.history.columns)
-            self.best.monitor.check(columns, type(self).__name__)
-            self._check_fields(columns)
+            self._check_fields(list(model.history.columns))
+        self._reset()
+
+    def _reset(self) -> None:
         self.best.reset()
         self.written: list[str] = []
         self.last_path: Path | None = None

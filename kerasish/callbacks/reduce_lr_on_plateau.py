@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from kerasish.callbacks.base import Callback, Logs
-from kerasish.monitor import BestSoFar, Monitor
+from kerasish.monitor import BestSoFar, Monitor, monitor_argument
 from kerasish.progress import say
 
 if TYPE_CHECKING:
@@ -32,8 +32,10 @@ class ReduceLROnPlateau(Callback):
     Do not combine it with an ``lr_scheduler`` that also sets the learning rate each epoch: both would act.
 
     Args:
-        monitor: a history column; checked against the fit's columns when the fit begins.
-        mode: ``"min"`` or ``"max"``.
+        monitor: a history column, checked against the fit's columns when the fit begins, or a
+            :class:`~kerasish.Monitor` (which carries ``mode``, ``min_delta`` and ``delta_mode``).
+        mode: ``"min"`` or ``"max"``; ``None`` (default): from the column, when the fit begins (see
+            :func:`kerasish.monitor.direction`: losses are minimised, a metric's ``higher_is_better`` decides).
         min_delta: how much a value must beat the best by to count as an improvement.
         delta_mode: ``"abs"``: ``min_delta`` is an amount; ``"rel"``: a fraction of ``abs(best)``.
         factor: what each learning rate is multiplied by, in (0, 1).
@@ -68,8 +70,8 @@ class ReduceLROnPlateau(Callback):
 
     def __init__(
         self,
-        monitor: str = "val_loss",
-        mode: str = "min",
+        monitor: str | Monitor = "val_loss",
+        mode: str | None = None,
         min_delta: float = 0.0,
         *,
         delta_mode: str = "abs",
@@ -80,19 +82,22 @@ class ReduceLROnPlateau(Callback):
         verbose: int = 0,
     ) -> None:
         _check_args(factor, patience, cooldown)
-        self.best = BestSoFar(Monitor(monitor, mode, min_delta, delta_mode))
+        self.monitor = monitor_argument(monitor, mode, min_delta, delta_mode)
+        self.best = BestSoFar(self.monitor)
         self.factor = float(factor)
         self.patience = patience
         self.cooldown = cooldown
         self.min_lr = _check_min_lr(min_lr)
         self.verbose = verbose
-        self.on_fit_begin(None, {})
+        self._reset()
 
     def on_fit_begin(self, model: KerasModel | None, logs: Logs) -> None:
-        if model is not None and hasattr(model, "history"):
-            self.best.monitor.check(model.history.columns, type(self).__name__)
+        self.best.monitor = self.monitor.for_fit(model, type(self).__name__)
         if model is not None and getattr(model, "optimizer", None) is not None:
             self._floors(model.optimizer)
+        self._reset()
+
+    def _reset(self) -> None:
         self.best.reset()
         self.wait = 0
         self.cooldown_left = 0
