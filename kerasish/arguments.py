@@ -15,8 +15,8 @@ from torch import nn
 from kerasish.history import history_columns
 from kerasish.monitor import Monitor
 from kerasish.runners import loader_length
+from kerasish.schedulers import INTERVALS
 
-SCHEDULER_INTERVALS = ("epoch", "step")
 VERBOSITY = {0: "silent", 1: "bars and a line per epoch", 2: "a line per epoch, no bars"}
 
 
@@ -28,8 +28,10 @@ def check_model_args(net: Any, loss_fn: Any, optimizer: Any, lr_scheduler: Any, 
         raise TypeError(f"loss_fn must be callable (preds, labels) -> loss, or None; got {type(loss_fn).__name__}")
     if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
         raise TypeError(f"optimizer must be a torch.optim.Optimizer or None; got {type(optimizer).__name__}")
-    if scheduler_interval not in SCHEDULER_INTERVALS:
-        raise ValueError(f"scheduler_interval={scheduler_interval!r} is not valid; use 'epoch' or 'step'")
+    if scheduler_interval is not None and scheduler_interval not in INTERVALS:
+        raise ValueError(
+            f"scheduler_interval={scheduler_interval!r} is not valid; use 'epoch', 'step', or None (from the scheduler)"
+        )
     if lr_scheduler is None:
         return
     if not callable(getattr(lr_scheduler, "step", None)):

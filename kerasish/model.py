@@ -32,6 +32,13 @@ from kerasish.monitor import Monitor, direction
 from kerasish.precision import autocast, check_precision
 from kerasish.progress import PassProgress, format_logs, say
 from kerasish.resume import RunState
+from kerasish.schedulers import (
+    check_first_lr,
+    check_step_budget,
+    interval_for,
+    optimizer_steps_per_epoch,
+    step_per_epoch,
+)
 from kerasish.summary import ModelSummary, summary
 
 
@@ -45,10 +52,13 @@ class KerasModel:
         metrics_dict: name -> torchmetrics ``Metric`` or ``fn(preds, labels) -> tensor``; each becomes the history
             columns ``train_<name>`` and ``val_<name>``.
         optimizer: built over ``net``'s parameters; ``None`` makes ``fit`` use ``Adam(lr=1e-3)``.
-        lr_scheduler: a torch LR scheduler over ``optimizer``, stepped once per epoch (``ReduceLROnPlateau`` is given
-            the monitored value), or after every optimizer step with ``scheduler_interval="step"``.
+        lr_scheduler: a torch LR scheduler over ``optimizer``, stepped once per epoch after validation
+            (``ReduceLROnPlateau`` is given the monitored value), or after every optimizer step (see
+            ``scheduler_interval``).
         device: ``None`` picks cuda, else mps, else cpu; or a string or ``torch.device``.
-        scheduler_interval: ``"epoch"`` or ``"step"`` (one scheduler step per optimizer step).
+        scheduler_interval: ``"epoch"`` or ``"step"`` (one scheduler step per optimizer step). ``None`` (default):
+            ``"step"`` for schedules defined in steps (``OneCycleLR``, ``CyclicLR``, Hugging Face's warm-up
+            schedules), ``"epoch"`` for every other; see :mod:`kerasish.schedulers`.
         accumulate_grad_batches: batches per optimizer step (default 1). The step's gradient is that of one batch
             holding all the window's samples, also for the short window an epoch may end with.
         clip_grad_norm: clip the gradients' total L2 norm to this before each optimizer step; ``None``: no clipping.
@@ -102,7 +112,7 @@ class KerasModel:
         lr_scheduler: Any = None,
         device: str | torch.device | None = None,
         *,
-        scheduler_interval: str = "epoch",
+        scheduler_interval: str | None = None,
         accumulate_grad_batches: int = 1,
         clip_grad_norm: float | None = None,
         clip_grad_value: float | None = None,
@@ -129,7 +139,7 @@ class KerasModel:
         if optimizer is not None:
             move_optimizer_state(optimizer, self.device)
         self.lr_scheduler = lr_scheduler
-        self.scheduler_interval = scheduler_interval
+        self.scheduler_interval = interval_for(lr_scheduler, scheduler_interval)
         self.accumulate_grad_batches = accumulate_grad_batches
         self.clip_grad_norm = clip_grad_norm
         self.clip_grad_value = clip_grad_value
@@ -248,6 +258,7 @@ class KerasModel:
         callbacks = CallbackList([*builtins, *(callbacks or [])])
         if self.optimizer is None:
             self.optimizer = default_optimizer(self.net)
+        self._check_schedule(train_loader, epochs, resume)
         train_pass = self._epoch_runner("train", callbacks, verbose)
         val_pass = None if val_data is None else self._epoch_runner("val", callbacks, verbose)
         directions = {column: direction(column, self.metrics_dict) for column in columns}
@@ -447,13 +458,15 @@ class KerasModel:
     def _lr(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"])
 
+    def _check_schedule(self, train_loader: Iterable, epochs: int, resume: bool) -> None:
+        per_step = self.scheduler_interval == "step"
+        steps = optimizer_steps_per_epoch(runners.loader_length(train_loader), self.accumulate_grad_batches)
+        check_step_budget(self.lr_scheduler if per_step else None, epochs=epochs, steps_per_epoch=steps, resume=resume)
+        check_first_lr(self.optimizer, self.lr_scheduler, self.scheduler_interval)
+
     def _step_scheduler(self, logs: dict, monitor: str) -> None:
-        if self.lr_scheduler is None or self.scheduler_interval != "epoch":
-            return
-        if isinstance(self.lr_scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            self.lr_scheduler.step(logs[monitor])
-        else:
-            self.lr_scheduler.step()
+        if self.lr_scheduler is not None and self.scheduler_interval == "epoch":
+            step_per_epoch(self.lr_scheduler, logs[monitor])
 
 
 def _compiled(net: nn.Module, compile_kwargs: dict[str, Any] | None) -> nn.Module:
