@@ -100,6 +100,12 @@ def check_fit_args(
     return columns, monitor
 
 
+def check_pad_value(pad_value: Any) -> None:
+    """``predict``'s ``pad_value``: a real number (``nan`` included), not a bool."""
+    if isinstance(pad_value, bool) or not isinstance(pad_value, numbers.Real):
+        raise TypeError(f"pad_value={pad_value!r} is not valid; use a number such as -100, 0 or float('nan')")
+
+
 def check_loader(data: Any, argument: str) -> None:
     """``data`` must be an iterable of batches, and not one known to be empty."""
     if data is None or not isinstance(data, Iterable) or isinstance(data, (torch.Tensor, str, Mapping)):

@@ -102,9 +102,9 @@ class Strategy:
         """Every rank's picklable ``obj`` on the main process, in rank order (``[]`` on the others)."""
         return [obj]
 
-    def concat_shards(self, local: torch.Tensor | None) -> torch.Tensor | None:
-        """The shards' outputs (on CPU, or ``None`` for an empty shard) concatenated in rank order, on every rank."""
-        return local
+    def all_gather_objects(self, obj: T) -> list[T]:
+        """Every rank's picklable ``obj`` on every rank, in rank order (the shards of ``predict``'s outputs)."""
+        return [obj]
 
     def no_sync(self, net: nn.Module) -> contextlib.AbstractContextManager:
         """A context in which a step's gradients stay local (for accumulation's non-final micro-batches)."""
@@ -203,11 +203,10 @@ class DataParallel(Strategy):
         dist.gather_object(obj, gathered, dst=0)
         return gathered or []
 
-    def concat_shards(self, local: torch.Tensor | None) -> torch.Tensor | None:
-        shards: list[Any] = [None] * self.world_size
-        dist.all_gather_object(shards, local)
-        present = [shard for shard in shards if shard is not None]
-        return torch.cat(present) if present else None
+    def all_gather_objects(self, obj: T) -> list[T]:
+        gathered: list[Any] = [None] * self.world_size
+        dist.all_gather_object(gathered, obj)
+        return gathered
 
     def no_sync(self, net: nn.Module) -> contextlib.AbstractContextManager:
         return self.ddp.no_sync() if self.ddp is not None else contextlib.nullcontext()

@@ -16,21 +16,22 @@ from kerasish.arguments import (
     check_fit_args,
     check_loader,
     check_model_args,
+    check_pad_value,
     check_step_controls,
     check_verbose,
     default_optimizer,
 )
-from kerasish.batches import preds_of, split_batch
 from kerasish.callbacks import BestWeights, Callback, CallbackList, EarlyStopping, ModelCheckpoint
 from kerasish.callbacks.live_plot import plot_callbacks
 from kerasish.checkpoint import atomic_save, check_writable, load_weights, strip_wrapper_prefixes
-from kerasish.device import move_optimizer_state, to_device
+from kerasish.device import move_optimizer_state
 from kerasish.distributed import Strategy, make_strategy, unwrap
 from kerasish.history import History
 from kerasish.metrics import MetricLike, MetricSet, check_metrics
 from kerasish.monitor import Monitor, direction
-from kerasish.precision import autocast, check_precision
-from kerasish.progress import PassProgress, format_logs, say
+from kerasish.precision import check_precision
+from kerasish.prediction import PAD_VALUE, concat_outputs, map_leaves
+from kerasish.progress import format_logs, say
 from kerasish.resume import RunState
 from kerasish.schedulers import (
     check_first_lr,
@@ -312,13 +313,29 @@ class KerasModel:
         loader, _ = self.strategy.eval_loader(data)
         return self._epoch_runner("val", CallbackList(), verbose)(loader)
 
-    def predict(self, data: Iterable, *, callbacks: Sequence[Callback] | None = None, verbose: int = 0) -> torch.Tensor:
-        """The net's outputs (``logits`` for outputs that carry them) for every batch, concatenated in order, on CPU.
+    def predict(
+        self,
+        data: Iterable,
+        *,
+        callbacks: Sequence[Callback] | None = None,
+        verbose: int = 0,
+        pad_value: float = PAD_VALUE,
+    ) -> Any:
+        """The predictions for every batch, concatenated in order, on CPU.
 
-        Batches are read as in ``fit`` and their labels ignored: the last element of a tuple, ``batch["labels"]`` of a
-        mapping. A bare tensor or a 1-tuple ``(x,)`` is input only. Runs in eval mode without gradients, under the
-        model's precision; reduced-precision outputs come back as float32. ``callbacks`` get the ``on_predict_*``
-        hooks; ``verbose=1`` shows a progress bar.
+        Each batch goes through :meth:`StepRunner.predict`: by default the net's output for the batch's inputs
+        (``logits`` for outputs that carry them), read as in ``fit`` with the labels ignored (the last element of a
+        tuple, ``batch["labels"]`` of a mapping; a bare tensor or a 1-tuple ``(x,)`` is input only); with an
+        overridden ``compute_loss``, the preds it returns. A net that returns a tuple or a dict of tensors (several
+        heads) gives the same structure back, each tensor concatenated over the batches (a dict for any mapping).
+        Runs in eval mode without gradients, under the model's precision; reduced-precision outputs come back as
+        float32. ``callbacks`` get the ``on_predict_*`` hooks; ``verbose=1`` shows a progress bar.
+
+        Outputs whose sizes differ between batches beyond the batch dimension (token classification or language
+        models with dynamic padding) are padded at the end of each dimension to the largest size, with
+        ``pad_value``: -100 by default, the value Hugging Face pads labels with and ``CrossEntropyLoss`` ignores,
+        so one mask ``labels != -100`` selects the real positions of both (``float("nan")`` for float outputs
+        makes padding impossible to mistake for a value). See :mod:`kerasish.prediction`.
 
         Data-parallel, a ``DataLoader`` over a map-style data set is split into one contiguous block per rank, and
         every rank gets the whole output, in the data set's order (call ``predict`` on every rank). Other data (a
@@ -335,30 +352,15 @@ class KerasModel:
         """
         check_loader(data, "data")
         check_verbose(verbose)
-        callbacks = CallbackList(callbacks or [])
+        check_pad_value(pad_value)
         loader, sharded = self.strategy.eval_loader(data)
-        progress = PassProgress(
-            enabled=verbose == 1 and self.is_main_process,
-            description="predict",
-            total=runners.loader_length(loader),
-            read_loss=None,
-        )
-        outputs: list[torch.Tensor] = []
-        callbacks.call("on_predict_begin", self, {})
-        try:
-            with runners.pass_mode(self.eval_net, training=False):
-                for index, batch in enumerate(loader):
-                    callbacks.call("on_predict_batch_begin", self, {"batch": index})
-                    outputs.append(self._predict_batch(batch))
-                    callbacks.call("on_predict_batch_end", self, {"batch": index, "outputs": outputs[-1]})
-                    progress.step()
-        finally:
-            progress.close()
-            callbacks.call_all("on_predict_end", self, {"batches": len(outputs)})
-        # Outputs stay on the device until the end: one transfer instead of a sync per batch.
-        result = torch.cat(outputs).cpu() if outputs else None
+        runner = self._epoch_runner("val", CallbackList(callbacks or []), verbose, metrics={})
+        outputs = runner.predict(loader)
+        # Outputs stay on the device until the end: one transfer per output instead of a sync per batch.
+        result = map_leaves(_to_cpu, concat_outputs(outputs, pad_value)) if outputs else None
         if sharded:  # a rank whose block is empty still takes part
-            result = self.strategy.concat_shards(result)
+            shards = [shard for shard in self.strategy.all_gather_objects(result) if shard is not None]
+            result = concat_outputs(shards, pad_value) if shards else None
         if result is None:
             raise ValueError("data yielded no batches")
         return result
@@ -411,13 +413,16 @@ class KerasModel:
             built.append(EarlyStopping(monitor, patience=patience, verbose=verbose))
         return built
 
-    def _epoch_runner(self, stage: str, callbacks: CallbackList, verbose: int) -> runners.EpochRunner:
+    def _epoch_runner(
+        self, stage: str, callbacks: CallbackList, verbose: int, metrics: Mapping | None = None
+    ) -> runners.EpochRunner:
         training = stage == "train"
+        metrics = self.metrics_dict if metrics is None else metrics
         step = self.StepRunner(
             self.step_net if training else self.eval_net,
             self.loss_fn,
             stage=stage,
-            metrics=MetricSet(self.metrics_dict, self.device, strategy=self.strategy),
+            metrics=MetricSet(metrics, self.device, strategy=self.strategy),
             device=self.device,
             precision=self.precision,
             strategy=self.strategy,
@@ -433,14 +438,6 @@ class KerasModel:
             "clip_grad_norm": self.clip_grad_norm,
             "clip_grad_value": self.clip_grad_value,
         }
-
-    def _predict_batch(self, batch: Any) -> torch.Tensor:
-        args, kwargs, _ = split_batch(batch)
-        with autocast(self.precision, self.device):
-            preds = preds_of(self.eval_net(*to_device(args, self.device), **to_device(kwargs, self.device)))
-        if not isinstance(preds, torch.Tensor):
-            raise TypeError(f"predict concatenates tensors; the net returned {type(preds).__name__}")
-        return preds.float() if preds.dtype in (torch.float16, torch.bfloat16) and self.precision != "32" else preds
 
     def _epoch(self, epoch: int, epochs: int, train: tuple, val: tuple) -> dict[str, Any]:
         """One epoch's train and val passes: its history row, as the callbacks' ``on_epoch_end`` gets it."""
@@ -467,6 +464,10 @@ class KerasModel:
     def _step_scheduler(self, logs: dict, monitor: str) -> None:
         if self.lr_scheduler is not None and self.scheduler_interval == "epoch":
             step_per_epoch(self.lr_scheduler, logs[monitor])
+
+
+def _to_cpu(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.cpu()
 
 
 def _compiled(net: nn.Module, compile_kwargs: dict[str, Any] | None) -> nn.Module:

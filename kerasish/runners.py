@@ -28,6 +28,7 @@ from kerasish.device import to_device
 from kerasish.distributed import Strategy, is_main_process
 from kerasish.metrics import MetricSet
 from kerasish.precision import autocast, check_precision, grad_scaler
+from kerasish.prediction import check_structure, map_leaves
 from kerasish.progress import PassProgress
 
 STAGES = ("train", "val")
@@ -138,6 +139,36 @@ class StepRunner:
             )
         return self.loss_fn(preds, labels), preds, labels
 
+    def predict(self, batch: Any) -> Any:
+        """The predictions for one batch already on the device, as :meth:`KerasModel.predict` collects them.
+
+        Runs in eval mode, without gradients, under the model's precision. By default: when :meth:`compute_loss`
+        is overridden, the preds it returns, so a model trained through it (a two-tower model without ``forward``)
+        predicts the same way, from batches shaped as in training; otherwise the net's output for the batch's
+        inputs, its ``logits`` when it carries them, labels ignored. Override it to predict from batches without
+        labels through a custom model, or to return something else (probabilities, a dict of heads). Return a
+        tensor with the batch first, or a tuple, list or dict of them.
+        """
+        if type(self).compute_loss is not StepRunner.compute_loss:
+            try:
+                return self.compute_loss(batch)[1]
+            except Exception as error:
+                error.add_note(
+                    f"predict took the preds of {type(self).__name__}.compute_loss, which failed on this batch; "
+                    "for batches it cannot read (inputs without labels, say), override StepRunner.predict(batch)"
+                )
+                raise
+        args, kwargs, _ = split_batch(batch)
+        return preds_of(self.net(*args, **kwargs))
+
+    def predict_batch(self, batch: Any) -> Any:
+        """Runs :meth:`predict` on a batch as the loader yields it: moved to the device, under the precision's
+        autocast; reduced-precision float outputs come back as float32."""
+        batch = to_device(batch, self.device)
+        with autocast(self.precision, self.device):
+            outputs = self.predict(batch)
+        return outputs if self.precision == "32" else map_leaves(_full_precision, outputs)
+
     def batch_size(self, batch: Any) -> int:
         """How many samples the batch holds, for sample-weighted means; override for unusual batches."""
         return batch_size(batch)
@@ -198,6 +229,10 @@ class StepRunner:
             self.lr_scheduler.step()
         self.optimizer_steps += 1
         self._window_batches = self._window_samples = 0
+
+
+def _full_precision(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.float() if tensor.dtype in (torch.float16, torch.bfloat16) else tensor
 
 
 def _check_loss(loss: Any) -> None:
@@ -286,6 +321,36 @@ class EpochRunner:
         logs = metrics.compute(self.stage, batches=batches, seconds=time.perf_counter() - start)
         self.seconds = metrics.seconds if self.step_runner.strategy.distributed else time.perf_counter() - start
         return logs
+
+    def predict(self, loader: Iterable) -> list:
+        """A prediction pass: :meth:`StepRunner.predict_batch` for every batch, the outputs in order.
+
+        Eval mode without gradients, restored after; the callbacks get ``on_predict_begin``,
+        ``on_predict_batch_begin`` / ``_end`` (``{"batch"}``, end adds ``"outputs"``) and ``on_predict_end``
+        (``{"batches"}``, however the pass ends). The first batch's outputs are checked to be tensors (or tuples,
+        lists, dicts of them), so a net returning something else fails at once rather than after the pass.
+        """
+        progress = PassProgress(
+            enabled=self.verbose == 1 and is_main_process(self.model),
+            description="predict",
+            total=loader_length(loader),
+            read_loss=None,
+        )
+        outputs: list = []
+        self.callbacks.call("on_predict_begin", self.model, {})
+        try:
+            with pass_mode(self.step_runner.net, training=False):
+                for index, batch in enumerate(loader):
+                    self.callbacks.call("on_predict_batch_begin", self.model, {"batch": index})
+                    outputs.append(self.step_runner.predict_batch(batch))
+                    if index == 0:
+                        check_structure(outputs[0])
+                    self.callbacks.call("on_predict_batch_end", self.model, {"batch": index, "outputs": outputs[-1]})
+                    progress.step()
+        finally:
+            progress.close()
+            self.callbacks.call_all("on_predict_end", self.model, {"batches": len(outputs)})
+        return outputs
 
 
 def loader_length(loader: Iterable) -> int | None:
