@@ -14,7 +14,7 @@ from torch import nn
 
 from kerasish.history import history_columns
 from kerasish.monitor import Monitor
-from kerasish.runners import loader_length
+from kerasish.runners import EpochRunner, StepRunner, loader_length
 from kerasish.schedulers import INTERVALS
 
 VERBOSITY = {0: "silent", 1: "bars and a line per epoch", 2: "a line per epoch, no bars"}
@@ -104,6 +104,31 @@ def check_pad_value(pad_value: Any) -> None:
     """``predict``'s ``pad_value``: a real number (``nan`` included), not a bool."""
     if isinstance(pad_value, bool) or not isinstance(pad_value, numbers.Real):
         raise TypeError(f"pad_value={pad_value!r} is not valid; use a number such as -100, 0 or float('nan')")
+
+
+def check_callbacks(callbacks: Any) -> None:
+    """``fit``'s ``callbacks``: a list (or other sequence) of callbacks, not one callback."""
+    if callbacks is None or (isinstance(callbacks, Iterable) and not isinstance(callbacks, (str, Mapping))):
+        return
+    raise TypeError(
+        f"callbacks must be a list of kerasish.Callback instances; got {type(callbacks).__name__}: "
+        f"pass callbacks=[{type(callbacks).__name__}(...)]"
+    )
+
+
+def check_runner_classes(step_runner: Any, epoch_runner: Any) -> None:
+    """``KerasModel.StepRunner`` / ``.EpochRunner``: kerasish's runners or subclasses of them.
+
+    A torchkeras ``StepRunner`` (built as ``StepRunner(net, loss_fn, accelerator, stage, metrics_dict, ...)``,
+    returning ``(step_losses, step_metrics)``) cannot stand in for one: say what to override instead.
+    """
+    for name, given, base in (("StepRunner", step_runner, StepRunner), ("EpochRunner", epoch_runner, EpochRunner)):
+        if not (isinstance(given, type) and issubclass(given, base)):
+            raise TypeError(
+                f"KerasModel.{name} must be kerasish.{name} or a subclass of it; got {given!r}. To change a step, "
+                "subclass kerasish.StepRunner and override compute_loss(batch) -> (loss, preds, labels) (a "
+                "torchkeras StepRunner's __call__ does the same work with another contract)"
+            )
 
 
 def check_loader(data: Any, argument: str) -> None:

@@ -12,11 +12,13 @@ from torch import nn
 
 from kerasish import runners
 from kerasish.arguments import (
+    check_callbacks,
     check_compile,
     check_fit_args,
     check_loader,
     check_model_args,
     check_pad_value,
+    check_runner_classes,
     check_step_controls,
     check_verbose,
     default_optimizer,
@@ -28,6 +30,7 @@ from kerasish.device import move_optimizer_state
 from kerasish.distributed import Strategy, make_strategy, unwrap
 from kerasish.history import History
 from kerasish.metrics import MetricLike, MetricSet, check_metrics
+from kerasish.migration import example_of, foreign_arguments, last_checkpoint, quiet_verbose
 from kerasish.monitor import Monitor, direction
 from kerasish.precision import check_precision
 from kerasish.prediction import PAD_VALUE, concat_outputs, map_leaves
@@ -50,8 +53,9 @@ class KerasModel:
         net: the network. It is moved to ``device`` here and stays there, during and after ``fit``.
         loss_fn: ``loss_fn(preds, labels) -> scalar tensor``; ``None`` when the net returns its own loss
             (``out["loss"]`` or ``out.loss``, Hugging Face style).
-        metrics_dict: name -> torchmetrics ``Metric`` or ``fn(preds, labels) -> tensor``; each becomes the history
-            columns ``train_<name>`` and ``val_<name>``.
+        metrics_dict: name -> torchmetrics ``Metric``, another stateful metric (with ``compute()`` and ``reset()``),
+            or ``fn(preds, labels) -> tensor``; each becomes the history columns ``train_<name>`` and ``val_<name>``.
+            Stateful metrics give the pass's value, functions a sample-weighted mean (see :mod:`kerasish.metrics`).
         optimizer: built over ``net``'s parameters; ``None`` makes ``fit`` use ``Adam(lr=1e-3)``.
         lr_scheduler: a torch LR scheduler over ``optimizer``, stepped once per epoch after validation
             (``ReduceLROnPlateau`` is given the monitored value), or after every optimizer step (see
@@ -145,7 +149,17 @@ class KerasModel:
         self.clip_grad_norm = clip_grad_norm
         self.clip_grad_value = clip_grad_value
         self._history = History([])
+        self._checkpoint: ModelCheckpoint | None = None
         self.stop_training = False
+
+    def __getattr__(self, name: str) -> Any:
+        # Runs only for attributes a KerasModel lacks: torchkeras's KerasModel is an nn.Module, this one holds one.
+        if not name.startswith("__") and hasattr(nn.Module, name):
+            raise AttributeError(
+                f"{type(self).__name__} has no attribute {name!r}: it is not an nn.Module but holds one, "
+                f"model.net (model.net.{name})"
+            )
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     @property
     def rank(self) -> int:
@@ -167,6 +181,7 @@ class KerasModel:
         """The history of the latest ``fit`` (of the one running, so far, when read from a callback); empty before."""
         return self._history.frame
 
+    @foreign_arguments
     def fit(
         self,
         train_data: Iterable,
@@ -185,6 +200,7 @@ class KerasModel:
         plot: bool | str | os.PathLike = False,
         state_path: str | os.PathLike | None = None,
         resume: bool = False,
+        quiet: bool | None = None,
     ) -> pd.DataFrame:
         """Trains for up to ``epochs`` epochs and leaves the best epoch's weights in the net.
 
@@ -224,6 +240,7 @@ class KerasModel:
                 the uninterrupted run would have; no file yet starts a new run. Pass the same arguments, net,
                 optimizer, scheduler, loaders and callbacks (same kinds, same order) as the saved run; a run that
                 early stopping ended trains no further. A ``CSVLogger`` continues its file with ``append=True``.
+            quiet: ``True`` is ``verbose=0`` (torchkeras's spelling); ``None`` or ``False``: ``verbose`` decides.
 
         Returns:
             The history, one row per finished epoch (also kept as ``self.history``): ``epoch``, ``train_loss``,
@@ -249,6 +266,8 @@ class KerasModel:
             >>> list(history.columns), len(history)
             (['epoch', 'train_loss', 'val_loss', 'lr', 'time'], 3)
         """
+        verbose = quiet_verbose(quiet, verbose)
+        check_callbacks(callbacks)
         monitor = monitor or ("val_loss" if val_data is not None else "train_loss")
         watched = Monitor(monitor, mode, min_delta, delta_mode)
         columns, watched = check_fit_args(self, train_data, val_data, epochs=epochs, monitor=watched, verbose=verbose)
@@ -257,6 +276,7 @@ class KerasModel:
         builtins = self._builtin_callbacks(watched, patience, restore_best_weights, ckpt_path, verbose)
         builtins += plot_callbacks(plot, ckpt_path, verbose)
         callbacks = CallbackList([*builtins, *(callbacks or [])])
+        self._checkpoint = next((cb for cb in builtins if isinstance(cb, ModelCheckpoint)), None)
         if self.optimizer is None:
             self.optimizer = default_optimizer(self.net)
         self._check_schedule(train_loader, epochs, resume)
@@ -292,11 +312,12 @@ class KerasModel:
             callbacks.call_all("on_fit_end", self, dict(history.rows[-1]) if history.rows else {})
         return history.frame
 
-    def evaluate(self, data: Iterable, verbose: int = 0) -> dict[str, float]:
+    @foreign_arguments
+    def evaluate(self, data: Iterable, verbose: int = 0, *, quiet: bool | None = None) -> dict[str, float]:
         """One pass over ``data`` without training: ``{"val_loss": ..., "val_<metric>": ...}``.
 
         Uses the same loss, metrics, precision and batch conventions as the val pass of ``fit``, with metric state
-        of its own. ``verbose=1`` shows a progress bar.
+        of its own. ``verbose=1`` shows a progress bar; ``quiet=True`` is ``verbose=0``.
 
         Example:
             >>> import torch
@@ -308,11 +329,13 @@ class KerasModel:
             >>> KerasModel(net, nn.MSELoss(), device="cpu").evaluate(batches)
             {'val_loss': 1.0}
         """
+        verbose = quiet_verbose(quiet, verbose)
         check_loader(data, "data")
         check_verbose(verbose)
         loader, _ = self.strategy.eval_loader(data)
         return self._epoch_runner("val", CallbackList(), verbose)(loader)
 
+    @foreign_arguments
     def predict(
         self,
         data: Iterable,
@@ -366,13 +389,19 @@ class KerasModel:
         return result
 
     def summary(
-        self, example: Any, *, depth: int | None = None, print_fn: Callable[[str], None] | None = print
+        self,
+        example: Any = None,
+        *,
+        input_shape: Sequence[int] | None = None,
+        depth: int | None = None,
+        print_fn: Callable[[str], None] | None = print,
     ) -> ModelSummary:
         """Runs ``example`` through the net once and shows its layers, output shapes and parameter counts.
 
-        ``example`` is what the net takes: a tensor, a tuple of positional inputs or a dict of keyword inputs. The
-        table is printed with ``print_fn`` (``None``: not printed) and returned as a
-        :class:`~kerasish.ModelSummary`. See :func:`kerasish.summary`.
+        ``example`` is what the net takes: a tensor, a tuple of positional inputs or a dict of keyword inputs. Or
+        ``input_shape``, one sample's shape without the batch dimension (torchkeras's spelling): the example is then
+        a batch of one float32 zero sample. The table is printed with ``print_fn`` (``None``: not printed) and
+        returned as a :class:`~kerasish.ModelSummary`. See :func:`kerasish.summary`.
 
         Example:
             >>> import torch
@@ -382,7 +411,7 @@ class KerasModel:
             >>> KerasModel(net, device="cpu").summary(torch.zeros(1, 4), print_fn=None).total_params
             58
         """
-        result = summary(self.net, example, device=self.device, depth=depth)
+        result = summary(self.net, example_of(example, input_shape), device=self.device, depth=depth)
         if print_fn is not None:
             print_fn(str(result))
         return result
@@ -392,14 +421,19 @@ class KerasModel:
         if self.is_main_process:
             atomic_save(self.net.state_dict(), check_writable(path, "path"))
 
-    def load_ckpt(self, path: str | os.PathLike) -> None:
+    def load_ckpt(self, path: str | os.PathLike | None = None) -> None:
         """Loads weights written by :meth:`save_ckpt` or ``fit(ckpt_path=...)`` into the net, on its device.
+
+        ``path=None`` loads the best epoch's file that the latest ``fit`` wrote with its ``ckpt_path`` (a template's
+        file of the best epoch), and is an error when that fit had no ``ckpt_path``.
 
         The file is read with ``weights_only=True``: tensors only, no pickled code is ever run. Files whose keys all
         carry a wrapper's prefix (``module.`` from ``DistributedDataParallel``, ``_orig_mod.`` from
         ``torch.compile``) load too. Data-parallel, rank 0 reads the file and sends it to the others, so only rank 0
         needs it on disk: call ``load_ckpt`` on every rank.
         """
+        if path is None:
+            path = last_checkpoint(self._checkpoint)
         weights = self.strategy.from_main(lambda: load_weights(path, torch.device("cpu")))
         self.net.load_state_dict(strip_wrapper_prefixes(weights, self.net.state_dict()))
 
@@ -416,6 +450,7 @@ class KerasModel:
     def _epoch_runner(
         self, stage: str, callbacks: CallbackList, verbose: int, metrics: Mapping | None = None
     ) -> runners.EpochRunner:
+        check_runner_classes(self.StepRunner, self.EpochRunner)
         training = stage == "train"
         metrics = self.metrics_dict if metrics is None else metrics
         step = self.StepRunner(

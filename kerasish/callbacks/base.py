@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from kerasish.migration import check_hooks
+
 if TYPE_CHECKING:
     from kerasish.model import KerasModel
 
@@ -144,6 +146,7 @@ class CallbackList:
                 raise TypeError(
                     f"callbacks must be kerasish.Callback instances; got {type(callback).__name__}: {callback!r}"
                 )
+            check_hooks(callback, HOOKS, Callback)
         # Decided once, so a hook nobody overrides costs one falsy check per batch.
         self._overriders = {hook: [cb for cb in self.callbacks if _overrides(cb, hook)] for hook in HOOKS}
 
