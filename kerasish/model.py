@@ -30,7 +30,7 @@ from kerasish.device import move_optimizer_state
 from kerasish.distributed import Strategy, make_strategy, unwrap
 from kerasish.history import History
 from kerasish.metrics import MetricLike, MetricSet, check_metrics
-from kerasish.migration import example_of, foreign_arguments, last_checkpoint, quiet_verbose
+from kerasish.migration import foreign_arguments, last_checkpoint, quiet_verbose
 from kerasish.monitor import Monitor, direction
 from kerasish.precision import check_precision
 from kerasish.prediction import PAD_VALUE, concat_outputs, map_leaves
@@ -411,7 +411,7 @@ class KerasModel:
             >>> KerasModel(net, device="cpu").summary(torch.zeros(1, 4), print_fn=None).total_params
             58
         """
-        result = summary(self.net, example_of(example, input_shape), device=self.device, depth=depth)
+        result = summary(self.net, example, input_shape=input_shape, device=self.device, depth=depth)
         if print_fn is not None:
             print_fn(str(result))
         return result

@@ -15,7 +15,7 @@ Choices worth knowing:
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from kerasish.device import resolve_device, to_device
+from kerasish.migration import example_of
 from kerasish.runners import pass_mode
 
 # Nested outputs deeper than this are shown as "..." (and a self-referencing output cannot recurse forever).
@@ -81,8 +82,9 @@ class ModelSummary:
 
 def summary(
     net: nn.Module,
-    example: Any,
+    example: Any = None,
     *,
+    input_shape: Sequence[int] | None = None,
     device: str | torch.device | None = None,
     depth: int | None = None,
 ) -> ModelSummary:
@@ -95,6 +97,8 @@ def summary(
         net: the network.
         example: the input of one forward pass: a tensor (``net(x)``), a tuple or list of positional arguments
             (``net(*example)``) or a mapping of keyword arguments (``net(**example)``). It is moved to ``device``.
+        input_shape: instead of ``example``, one sample's shape without the batch dimension (torchkeras's
+            spelling): the example is a batch of one float32 zero sample.
         device: where the example goes; ``None`` means the device of the net's first parameter or buffer (the CPU
             for a net with neither). The net itself is not moved.
         depth: ``None`` shows every module that holds parameters itself or has no children. An int ``k >= 1`` shows
@@ -126,6 +130,7 @@ def summary(
         Trainable params: 23
         Non-trainable params: 0
     """
+    example = example_of(example, input_shape)
     if not isinstance(net, nn.Module):
         raise TypeError(f"net must be a torch.nn.Module; got {type(net).__name__}: {net!r}")
     _check_depth(depth)

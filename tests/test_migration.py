@@ -208,3 +208,10 @@ def test_nn_module_attributes_point_to_model_net():
         _ = model.nonsense
     assert not hasattr(model, "state_dict")
     assert copy.copy(model).net is model.net  # copying still works through the attribute hook
+
+
+def test_the_summary_function_takes_an_input_shape_too():
+    from kerasish import summary
+
+    net = nn.Sequential(nn.Linear(64, 8), nn.ReLU(), nn.Linear(8, 2))
+    assert str(summary(net, input_shape=[64])) == str(summary(net, torch.zeros(1, 64)))
