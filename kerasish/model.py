@@ -23,26 +23,20 @@ from kerasish.arguments import (
     check_verbose,
     default_optimizer,
 )
-from kerasish.callbacks import BestWeights, Callback, CallbackList, EarlyStopping, ModelCheckpoint
-from kerasish.callbacks.live_plot import plot_callbacks
+from kerasish.callbacks import Callback, CallbackList, ModelCheckpoint
+from kerasish.callbacks.builtins import fit_callbacks
 from kerasish.checkpoint import atomic_save, check_writable, load_weights, strip_wrapper_prefixes
 from kerasish.device import move_optimizer_state
 from kerasish.distributed import Strategy, make_strategy, unwrap
 from kerasish.history import History
 from kerasish.metrics import MetricLike, MetricSet, check_metrics
 from kerasish.migration import foreign_arguments, last_checkpoint, quiet_verbose
-from kerasish.monitor import Monitor, direction
+from kerasish.monitor import Monitor, directions
 from kerasish.precision import check_precision
 from kerasish.prediction import PAD_VALUE, concat_outputs, map_leaves
 from kerasish.progress import format_logs, say
 from kerasish.resume import RunState
-from kerasish.schedulers import (
-    check_first_lr,
-    check_step_budget,
-    interval_for,
-    optimizer_steps_per_epoch,
-    step_per_epoch,
-)
+from kerasish.schedulers import check_schedule, interval_for, step_per_epoch
 from kerasish.summary import ModelSummary, summary
 
 
@@ -273,17 +267,22 @@ class KerasModel:
         columns, watched = check_fit_args(self, train_data, val_data, epochs=epochs, monitor=watched, verbose=verbose)
         train_loader = self.strategy.train_loader(train_data, "train_data")
         val_loader = None if val_data is None else self.strategy.eval_loader(val_data, "val_data")[0]
-        builtins = self._builtin_callbacks(watched, patience, restore_best_weights, ckpt_path, verbose)
-        builtins += plot_callbacks(plot, ckpt_path, verbose)
+        builtins = fit_callbacks(
+            watched,
+            patience=patience,
+            restore_best_weights=restore_best_weights,
+            ckpt_path=ckpt_path,
+            plot=plot,
+            verbose=verbose,
+        )
         callbacks = CallbackList([*builtins, *(callbacks or [])])
         self._checkpoint = next((cb for cb in builtins if isinstance(cb, ModelCheckpoint)), None)
         if self.optimizer is None:
             self.optimizer = default_optimizer(self.net)
-        self._check_schedule(train_loader, epochs, resume)
+        check_schedule(self, runners.loader_length(train_loader), epochs=epochs, resume=resume)
         train_pass = self._epoch_runner("train", callbacks, verbose)
         val_pass = None if val_data is None else self._epoch_runner("val", callbacks, verbose)
-        directions = {column: direction(column, self.metrics_dict) for column in columns}
-        history = History(columns, monitor=watched, directions={c: d for c, d in directions.items() if d})
+        history = History(columns, monitor=watched, directions=directions(columns, self.metrics_dict))
         run = RunState.open(
             state_path, resume, model=self, history=history, callbacks=callbacks, runner=train_pass, loader=train_data
         )
@@ -300,7 +299,7 @@ class KerasModel:
                 callbacks.call("on_epoch_end", self, logs)
                 # A stop asked for on any rank (a user callback's, say) ends the fit on every rank at this epoch.
                 self.stop_training = self.strategy.any(self.stop_training)
-                self._step_scheduler(logs, monitor)
+                step_per_epoch(self, logs[monitor])
                 run.save(epochs=epochs)
                 if self.stop_training:
                     break
@@ -437,16 +436,6 @@ class KerasModel:
         weights = self.strategy.from_main(lambda: load_weights(path, torch.device("cpu")))
         self.net.load_state_dict(strip_wrapper_prefixes(weights, self.net.state_dict()))
 
-    def _builtin_callbacks(self, monitor: Monitor, patience, restore_best_weights, ckpt_path, verbose) -> list:
-        built: list[Callback] = []
-        if restore_best_weights:
-            built.append(BestWeights(monitor, verbose=verbose))
-        if ckpt_path is not None:
-            built.append(ModelCheckpoint(check_writable(ckpt_path, "ckpt_path"), monitor))
-        if patience is not None:
-            built.append(EarlyStopping(monitor, patience=patience, verbose=verbose))
-        return built
-
     def _epoch_runner(
         self, stage: str, callbacks: CallbackList, verbose: int, metrics: Mapping | None = None
     ) -> runners.EpochRunner:
@@ -489,16 +478,6 @@ class KerasModel:
 
     def _lr(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"])
-
-    def _check_schedule(self, train_loader: Iterable, epochs: int, resume: bool) -> None:
-        per_step = self.scheduler_interval == "step"
-        steps = optimizer_steps_per_epoch(runners.loader_length(train_loader), self.accumulate_grad_batches)
-        check_step_budget(self.lr_scheduler if per_step else None, epochs=epochs, steps_per_epoch=steps, resume=resume)
-        check_first_lr(self.optimizer, self.lr_scheduler, self.scheduler_interval)
-
-    def _step_scheduler(self, logs: dict, monitor: str) -> None:
-        if self.lr_scheduler is not None and self.scheduler_interval == "epoch":
-            step_per_epoch(self.lr_scheduler, logs[monitor])
 
 
 def _to_cpu(tensor: torch.Tensor) -> torch.Tensor:

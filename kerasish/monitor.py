@@ -44,6 +44,12 @@ def direction(column: str, metrics: Mapping[str, Any] | None = None) -> str | No
     return "min" if column.endswith("_loss") else None
 
 
+def directions(columns: Iterable[str], metrics: Mapping[str, Any] | None = None) -> dict[str, str]:
+    """Each column's :func:`direction`, for the columns that have one."""
+    known = {column: direction(column, metrics) for column in columns}
+    return {column: mode for column, mode in known.items() if mode is not None}
+
+
 def _unknown_direction(column: str, metrics: Mapping[str, Any]) -> str:
     """Why ``direction`` found none, for the error that asks for a mode."""
     for prefix in STAGE_PREFIXES:

@@ -86,13 +86,27 @@ def check_first_lr(optimizer: torch.optim.Optimizer, lr_scheduler: Any, interval
             "whole first epoch trains nothing; a warm-up written in optimizer steps needs "
             "KerasModel(..., scheduler_interval='step')",
             UserWarning,
-            stacklevel=3,
+            stacklevel=5,  # check_first_lr, check_schedule, fit, foreign_arguments' wrapper, the user's call
         )
 
 
-def step_per_epoch(lr_scheduler: Any, monitored: float) -> None:
-    """The epoch's scheduler step, after validation: ``ReduceLROnPlateau`` gets the monitored value."""
-    if isinstance(lr_scheduler, schedulers.ReduceLROnPlateau):
-        lr_scheduler.step(monitored)
+def check_schedule(model: Any, batches: int | None, *, epochs: int, resume: bool) -> None:
+    """The checks before a fit of ``model`` (a ``KerasModel``) over ``batches`` train batches per epoch."""
+    per_step = model.lr_scheduler if model.scheduler_interval == "step" else None
+    steps = optimizer_steps_per_epoch(batches, model.accumulate_grad_batches)
+    check_step_budget(per_step, epochs=epochs, steps_per_epoch=steps, resume=resume)
+    check_first_lr(model.optimizer, model.lr_scheduler, model.scheduler_interval)
+
+
+def step_per_epoch(model: Any, monitored: float) -> None:
+    """The epoch's scheduler step, after validation, when the model's scheduler steps per epoch.
+
+    ``ReduceLROnPlateau`` gets the monitored value.
+    """
+    scheduler = model.lr_scheduler
+    if scheduler is None or model.scheduler_interval != "epoch":
+        return
+    if isinstance(scheduler, schedulers.ReduceLROnPlateau):
+        scheduler.step(monitored)
     else:
-        lr_scheduler.step()
+        scheduler.step()
