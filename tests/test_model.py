@@ -493,6 +493,23 @@ def test_verbose_1_prints_each_epoch_and_the_restore(capsys):
 # --- speed: no host sync inside a step ------------------------------------------------------------------------------
 
 
+class SumOfSquares:
+    """A stateful metric of the plain-object kind: update / compute / reset, with its sum on the preds' device."""
+
+    def __init__(self) -> None:
+        self.total = None
+
+    def update(self, preds, labels):
+        batch = ((preds - labels) ** 2).sum()
+        self.total = batch if self.total is None else self.total + batch
+
+    def compute(self):
+        return self.total
+
+    def reset(self):
+        self.total = None
+
+
 @pytest.mark.parametrize(
     "controls",
     [{}, {"accumulate_grad_batches": 3, "clip_grad_norm": 1.0, "clip_grad_value": 0.5, "precision": "bf16"}],
@@ -516,8 +533,11 @@ def test_host_reads_per_fit_do_not_grow_with_the_number_of_batches(monkeypatch, 
         # SGD, not Adam: Adam reads its step counter with .item() each step; torch keeps that counter on the host,
         # so it is no device sync, but it would hide ours here.
         opt = torch.optim.SGD(net.parameters(), lr=0.01)
-        metrics = {"mae": lambda p, y: (p - y).abs().mean()}
-        model = KerasModel(net, nn.MSELoss(), metrics, opt, device="cpu", **controls)
+        # A plain function, a stateful metric that is not torchmetrics', and a scheduler stepped per step (OneCycleLR's
+        # default): none of them may read the device inside a step.
+        metrics = {"mae": lambda p, y: (p - y).abs().mean(), "sse": SumOfSquares()}
+        one_cycle = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.01, total_steps=1000)
+        model = KerasModel(net, nn.MSELoss(), metrics, opt, one_cycle, device="cpu", **controls)
         model.fit(data, data, epochs=2, verbose=0)
         return len(reads)
 
