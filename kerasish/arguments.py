@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from kerasish.checks import integer, not_a_class
 from kerasish.history import history_columns
 from kerasish.monitor import Monitor
 from kerasish.runners import EpochRunner, StepRunner, loader_length
@@ -22,6 +23,10 @@ VERBOSITY = {0: "silent", 1: "bars and a line per epoch", 2: "a line per epoch, 
 
 def check_model_args(net: Any, loss_fn: Any, optimizer: Any, lr_scheduler: Any, scheduler_interval: Any) -> None:
     """The positional arguments of ``KerasModel`` and its ``scheduler_interval``."""
+    not_a_class(net, "net", "{cls}(...)")
+    not_a_class(loss_fn, "loss_fn", "{cls}()")
+    not_a_class(optimizer, "optimizer", "{cls}(net.parameters(), lr=...)")
+    not_a_class(lr_scheduler, "lr_scheduler", "{cls}(optimizer, ...)")
     if not isinstance(net, nn.Module):
         raise TypeError(f"net must be a torch.nn.Module; got {type(net).__name__}")
     if loss_fn is not None and not callable(loss_fn):
@@ -42,16 +47,32 @@ def check_model_args(net: Any, loss_fn: Any, optimizer: Any, lr_scheduler: Any, 
         raise ValueError("ReduceLROnPlateau needs an epoch's monitored value; use scheduler_interval='epoch'")
 
 
+def check_optimizer_params(optimizer: torch.optim.Optimizer | None, net: nn.Module) -> None:
+    """The optimizer must update some of the net's parameters, and some of those must be trainable.
+
+    An optimizer built over another module (a copy of the net, a net built twice) would train nothing, silently.
+    """
+    if optimizer is None:
+        return
+    own = {id(param) for param in net.parameters()}
+    given = [param for group in optimizer.param_groups for param in group["params"]]
+    mine = [param for param in given if id(param) in own]
+    if not mine:
+        raise ValueError(
+            f"optimizer updates none of net's parameters: its {len(given)} parameter tensors belong to another module "
+            "(built over a copy of the net, or over a net built twice?); build it over net.parameters()"
+        )
+    if not any(param.requires_grad for param in mine):
+        raise ValueError(
+            f"every one of net's parameters that the optimizer updates ({len(mine)} tensors) is frozen "
+            "(requires_grad=False), so nothing would train; unfreeze some, or build the optimizer over the "
+            "trainable ones: [p for p in net.parameters() if p.requires_grad]"
+        )
+
+
 def check_step_controls(accumulate_grad_batches: Any, clip_grad_norm: Any, clip_grad_value: Any) -> None:
     """Gradient accumulation and clipping settings."""
-    if (
-        isinstance(accumulate_grad_batches, bool)
-        or not isinstance(accumulate_grad_batches, int)
-        or accumulate_grad_batches < 1
-    ):
-        raise ValueError(
-            f"accumulate_grad_batches={accumulate_grad_batches!r} is not valid; use an int >= 1 (1: a step per batch)"
-        )
+    integer(accumulate_grad_batches, "accumulate_grad_batches", minimum=1, hint="1: a step per batch")
     for name, value in (("clip_grad_norm", clip_grad_norm), ("clip_grad_value", clip_grad_value)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0):
             raise ValueError(f"{name}={value!r} is not valid; use a number > 0, or None for no clipping")
@@ -78,8 +99,7 @@ def check_fit_args(
     model: Any, train_data: Any, val_data: Any, *, epochs: Any, monitor: Monitor, verbose: Any
 ) -> tuple[list[str], Monitor]:
     """Raises on any bad argument of ``fit``; returns the history's columns and ``monitor`` with its mode known."""
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-        raise ValueError(f"epochs={epochs!r} is not valid; use an int >= 1")
+    integer(epochs, "epochs", minimum=1)
     check_verbose(verbose)
     check_loader(train_data, "train_data")
     if val_data is not None:

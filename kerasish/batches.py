@@ -12,10 +12,13 @@ An output that is a mapping with ``"logits"`` (or has a ``.logits`` attribute) g
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping
 from typing import Any
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 LABELS_KEY = "labels"
 
@@ -28,6 +31,11 @@ def split_batch(batch: Any, *, keep_mapping_labels: bool = False) -> tuple[tuple
         keep_mapping_labels: leave ``"labels"`` among a mapping's keyword arguments, for nets that compute their
             own loss from them.
     """
+    if batch is None:
+        raise TypeError(
+            "the loader yielded None as a batch; a batch is a tensor, a tuple (x, y) or a dict of tensors: check the "
+            "dataset's __getitem__ and the loader's collate_fn"
+        )
     if isinstance(batch, Mapping):
         kwargs = dict(batch)
         labels = kwargs.get(LABELS_KEY) if keep_mapping_labels else kwargs.pop(LABELS_KEY, None)
@@ -39,6 +47,81 @@ def split_batch(batch: Any, *, keep_mapping_labels: bool = False) -> tuple[tuple
             return (batch[0],), {}, None
         return tuple(batch[:-1]), {}, batch[-1]
     return (batch,), {}, None
+
+
+def call_net(net: Any, args: tuple, kwargs: dict) -> Any:
+    """``net(*args, **kwargs)``; when the call fails because the batch does not fit ``forward``, says how.
+
+    Only a failed call is inspected, so a step pays nothing for the check.
+    """
+    try:
+        return net(*args, **kwargs)
+    except TypeError as error:
+        mismatch = _forward_mismatch(net, args, kwargs)
+        if mismatch is None:
+            raise
+        raise TypeError(mismatch) from error
+
+
+def _forward_mismatch(net: Any, args: tuple, kwargs: dict) -> str | None:
+    module = getattr(getattr(net, "module", net), "_orig_mod", getattr(net, "module", net))  # past DDP and compile
+    try:
+        signature = inspect.signature(module.forward)
+    except (TypeError, ValueError):
+        return None
+    try:
+        signature.bind(*args, **kwargs)
+    except TypeError as why:
+        given = f"{len(args)} positional input(s)" + (f" and keywords {sorted(kwargs)}" if kwargs else "")
+        return (
+            f"the batch gives the net {given}, but {type(module).__name__}.forward{signature} cannot take them "
+            f"({why}). A tuple batch (x1, ..., xk, y) passes all but its last element, a dict passes its keys (without "
+            "'labels' when a loss_fn is given): reshape the batches, or override StepRunner.compute_loss"
+        )
+    return None
+
+
+def no_labels_message(batch: Any) -> str:
+    """Why ``loss_fn`` has no labels for ``batch``, naming a mapping's keys."""
+    if isinstance(batch, Mapping):
+        return (
+            f"loss_fn needs labels, but the batch is a dict with keys {sorted(batch)} and no {LABELS_KEY!r}: put the "
+            f"labels under {LABELS_KEY!r} (in the dataset or the collate_fn), or override StepRunner.compute_loss"
+        )
+    return (
+        "loss_fn needs labels, but the batch has none: yield (x, y) tuples or dicts with a 'labels' key, "
+        "or override StepRunner.compute_loss"
+    )
+
+
+SAME_SHAPE_LOSSES = (nn.MSELoss, nn.L1Loss, nn.SmoothL1Loss, nn.HuberLoss)
+SAME_SHAPE_FUNCTIONS = (F.mse_loss, F.l1_loss, F.smooth_l1_loss, F.huber_loss)
+
+
+def needs_same_shape(loss_fn: Any) -> bool:
+    """Whether ``loss_fn`` is one of torch's element-wise regression losses, which broadcast mismatched shapes."""
+    return isinstance(loss_fn, SAME_SHAPE_LOSSES) or any(loss_fn is fn for fn in SAME_SHAPE_FUNCTIONS)
+
+
+def check_same_shape(preds: Any, labels: Any, loss_fn: Any) -> None:
+    """Raises when an element-wise loss would broadcast preds against labels of another shape (N×1 against N)."""
+    if isinstance(preds, torch.Tensor) and isinstance(labels, torch.Tensor) and preds.shape != labels.shape:
+        name = getattr(loss_fn, "__name__", type(loss_fn).__name__)
+        result = tuple(torch.broadcast_shapes(preds.shape, labels.shape)) if _broadcastable(preds, labels) else None
+        raise ValueError(
+            f"preds have shape {tuple(preds.shape)} and labels {tuple(labels.shape)}: {name} would broadcast them to "
+            f"{result or 'an error'} and compare values that do not belong together. Give the labels the preds' "
+            "shape (y.view(-1, 1) or y[:, None] in the dataset for a net ending in Linear(..., 1)), or squeeze the "
+            "preds in StepRunner.compute_loss"
+        )
+
+
+def _broadcastable(preds: torch.Tensor, labels: torch.Tensor) -> bool:
+    try:
+        torch.broadcast_shapes(preds.shape, labels.shape)
+    except RuntimeError:
+        return False
+    return True
 
 
 def preds_of(output: Any) -> Any:

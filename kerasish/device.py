@@ -13,7 +13,8 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 
     Raises:
         TypeError: ``device`` is neither ``None``, a string nor a ``torch.device``.
-        ValueError: the string names no device torch knows.
+        ValueError: the string names no device torch knows, or one this machine does not have (``"cuda"`` without
+            a GPU or a CUDA build of torch, ``"cuda:3"`` with 2 GPUs, ``"mps"`` off Apple silicon).
     """
     if device is None:
         if torch.cuda.is_available():
@@ -24,9 +25,32 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     if not isinstance(device, (str, torch.device)):
         raise TypeError(f"device must be None, a string or a torch.device; got {device!r}")
     try:
-        return torch.device(device)
+        resolved = torch.device(device)
     except RuntimeError as err:
         raise ValueError(f"device={device!r} is not a device torch knows ({err})") from None
+    _check_available(resolved, device)
+    return resolved
+
+
+def _check_available(resolved: torch.device, given: Any) -> None:
+    """Fails before the net moves, where torch would fail later with an ``AssertionError`` or a lazy-init error."""
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            build = f"torch {torch.__version__}" + ("" if torch.version.cuda else ", a CPU-only build")
+            raise ValueError(
+                f"device={given!r}, but CUDA is not available here ({build}; torch.cuda.is_available() is False); "
+                "use device='cpu', or device=None to take the best device there is"
+            )
+        count = torch.cuda.device_count()
+        if resolved.index is not None and resolved.index >= count:
+            raise ValueError(
+                f"device={given!r}, but this machine has {count} CUDA device(s): cuda:0 to cuda:{count - 1}"
+            )
+    if resolved.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(
+            f"device={given!r}, but MPS is not available here (it needs Apple silicon, macOS 12.3 or later and a torch "
+            "build with MPS); use device='cpu', or device=None to take the best device there is"
+        )
 
 
 def to_device(data: Any, device: torch.device) -> Any:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import warnings
 from collections.abc import Iterable
 
 import pandas as pd
@@ -32,6 +34,28 @@ def split_stage(column: object) -> tuple[str, str] | None:
             if column.startswith(prefix) and len(column) > len(prefix):
                 return stage, column[len(prefix) :]
     return None
+
+
+def warn_non_finite(logs: dict) -> bool:
+    """Warns when an epoch's loss is NaN or infinite (returns whether it did), so a fit never trains on silently.
+
+    One non-finite batch loss makes the epoch's mean non-finite, and the weights usually follow; the fit goes on
+    (the best finite epoch's weights still come back), and ``fit`` warns once.
+    """
+    bad = [
+        f"{name}={value}"
+        for name, value in logs.items()
+        if name.endswith("_loss") and isinstance(value, float) and not math.isfinite(value)
+    ]
+    if bad:
+        warnings.warn(
+            f"epoch {logs.get('epoch')}: {', '.join(bad)}; a batch's loss was not finite, so the weights are probably "
+            "not finite from here on. TerminateOnNaN() ends a fit at the first such batch (the best earlier epoch's "
+            "weights come back)",
+            RuntimeWarning,
+            stacklevel=4,  # warn_non_finite, fit, foreign_arguments' wrapper, the user's call
+        )
+    return bool(bad)
 
 
 class History:

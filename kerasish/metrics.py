@@ -29,6 +29,7 @@ import torch
 from torch import nn
 from torchmetrics import Metric
 
+from kerasish.checks import not_a_class
 from kerasish.distributed import Strategy
 
 MetricFn = Callable[[Any, Any], torch.Tensor | float]
@@ -96,6 +97,7 @@ def check_metrics(metrics_dict: Mapping[str, MetricLike] | None) -> dict[str, Me
             raise ValueError(f"metrics_dict key {name!r} is not valid; use a name like 'acc' or 'f1_macro'")
         if name == "loss":
             raise ValueError("metrics_dict key 'loss' is taken by the loss itself; pick another name")
+        not_a_class(metric, f"metrics_dict[{name!r}]", "{cls}(...)")
         if is_stateful(metric) and not (isinstance(metric, Metric) or _has_update(metric) or callable(metric)):
             raise TypeError(
                 f"metrics_dict[{name!r}] has compute() and reset() but no way to be updated: a stateful metric "

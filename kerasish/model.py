@@ -17,18 +17,20 @@ from kerasish.arguments import (
     check_fit_args,
     check_loader,
     check_model_args,
+    check_optimizer_params,
     check_pad_value,
     check_runner_classes,
     check_step_controls,
     check_verbose,
     default_optimizer,
 )
-from kerasish.callbacks import Callback, CallbackList, ModelCheckpoint
+from kerasish.callbacks import Callback, CallbackList, ModelCheckpoint, TerminateOnNaN
 from kerasish.callbacks.builtins import fit_callbacks
 from kerasish.checkpoint import atomic_save, check_writable, load_weights, strip_wrapper_prefixes
+from kerasish.checks import flag
 from kerasish.device import move_optimizer_state
 from kerasish.distributed import Strategy, make_strategy, unwrap
-from kerasish.history import History
+from kerasish.history import History, warn_non_finite
 from kerasish.metrics import MetricLike, MetricSet, check_metrics
 from kerasish.migration import foreign_arguments, last_checkpoint, quiet_verbose
 from kerasish.monitor import Monitor, directions
@@ -128,6 +130,7 @@ class KerasModel:
         self.device = self.strategy.device
         self.precision = check_precision(precision, self.device)
         self.net = unwrap(net).to(self.device)
+        check_optimizer_params(optimizer, self.net)
         # Train steps run through the DDP and compile wrappers, evaluation through the compiled plain net (so a rank
         # with fewer val batches waits in no collective); self.net stays plain, so state dict keys keep their names.
         train_net = self.strategy.wrap(self.net, net)
@@ -139,7 +142,7 @@ class KerasModel:
             move_optimizer_state(optimizer, self.device)
         self.lr_scheduler = lr_scheduler
         self.scheduler_interval = interval_for(lr_scheduler, scheduler_interval)
-        self.accumulate_grad_batches = accumulate_grad_batches
+        self.accumulate_grad_batches = int(accumulate_grad_batches)
         self.clip_grad_norm = clip_grad_norm
         self.clip_grad_value = clip_grad_value
         self._history = History([])
@@ -265,6 +268,7 @@ class KerasModel:
         monitor = monitor or ("val_loss" if val_data is not None else "train_loss")
         watched = Monitor(monitor, mode, min_delta, delta_mode)
         columns, watched = check_fit_args(self, train_data, val_data, epochs=epochs, monitor=watched, verbose=verbose)
+        epochs, restore_best_weights = int(epochs), flag(restore_best_weights, "restore_best_weights")
         train_loader = self.strategy.train_loader(train_data, "train_data")
         val_loader = None if val_data is None else self.strategy.eval_loader(val_data, "val_data")[0]
         builtins = fit_callbacks(
@@ -288,12 +292,15 @@ class KerasModel:
         )
         self._history, self.stop_training = history, False
         callbacks.call("on_fit_begin", self, {})
+        # Warned once per fit; a fit with TerminateOnNaN has its answer to a non-finite loss already.
+        warned_nan = any(isinstance(callback, TerminateOnNaN) for callback in callbacks.callbacks)
         try:
             first_epoch = run.restore(epochs=epochs, verbose=verbose)
             for epoch in range(first_epoch, epochs + 1):
                 callbacks.call("on_epoch_begin", self, {"epoch": epoch})
                 logs = self._epoch(epoch, epochs, (train_pass, train_loader), (val_pass, val_loader))
                 history.append(logs)
+                warned_nan = warned_nan or warn_non_finite(logs)
                 if verbose:
                     say(f"epoch {epoch}/{epochs}  {format_logs(logs)}", self)
                 callbacks.call("on_epoch_end", self, logs)
@@ -304,8 +311,11 @@ class KerasModel:
                 if self.stop_training:
                     break
         except KeyboardInterrupt:
+            # Raised on once on_fit_end has put the best weights back (the run state is as of the last epoch's end):
+            # a script stops, a notebook keeps model.history and the weights.
             if verbose:
                 say(f"interrupted: fit stops after {len(history.rows)} finished epochs", self)
+            raise
         finally:
             # The last finished epoch's row: an epoch cut short (an error or Ctrl-C in its val pass) has none.
             callbacks.call_all("on_fit_end", self, dict(history.rows[-1]) if history.rows else {})

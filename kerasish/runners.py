@@ -22,7 +22,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from kerasish.batches import batch_size, loss_of, preds_of, split_batch
+from kerasish.batches import (
+    batch_size,
+    call_net,
+    check_same_shape,
+    loss_of,
+    needs_same_shape,
+    no_labels_message,
+    preds_of,
+    split_batch,
+)
 from kerasish.callbacks.base import CallbackList
 from kerasish.device import to_device
 from kerasish.distributed import Strategy, is_main_process
@@ -98,6 +107,7 @@ class StepRunner:
         # Decided once: a step-time check of this flag is all that one process pays for distributed accumulation.
         self._defer_sync = stage == "train" and accumulate_grad_batches > 1 and self.strategy.distributed
         self._clipping = clip_grad_norm is not None or clip_grad_value is not None
+        self._same_shape = needs_same_shape(loss_fn)
         self._window_batches = 0
         self._window_samples = 0
 
@@ -128,15 +138,20 @@ class StepRunner:
         (a mapping batch then reaches the net with its ``"labels"``, so the net can compute it).
         """
         args, kwargs, labels = split_batch(batch, keep_mapping_labels=self.loss_fn is None)
-        output = self.net(*args, **kwargs)
+        if labels is None and self.loss_fn is not None:
+            raise ValueError(no_labels_message(batch))
+        output = call_net(self.net, args, kwargs)
         preds = preds_of(output)
         if self.loss_fn is None:
             return loss_of(output), preds, labels
-        if labels is None:
-            raise ValueError(
-                "loss_fn needs labels, but the batch has none: yield (x, y) tuples or dicts with a 'labels' key, "
-                "or override StepRunner.compute_loss"
+        if isinstance(preds, (tuple, list)):
+            raise TypeError(
+                f"the net returned a {type(preds).__name__} of {len(preds)} outputs, but loss_fn(preds, labels) takes "
+                "one tensor of preds: return a tensor (or a dict with 'logits'), or override StepRunner.compute_loss "
+                "to combine the outputs"
             )
+        if self._same_shape:
+            check_same_shape(preds, labels, self.loss_fn)
         return self.loss_fn(preds, labels), preds, labels
 
     def predict(self, batch: Any) -> Any:
@@ -159,7 +174,7 @@ class StepRunner:
                 )
                 raise
         args, kwargs, _ = split_batch(batch)
-        return preds_of(self.net(*args, **kwargs))
+        return preds_of(call_net(self.net, args, kwargs))
 
     def predict_batch(self, batch: Any) -> Any:
         """Runs :meth:`predict` on a batch as the loader yields it: moved to the device, under the precision's
@@ -310,10 +325,10 @@ class EpochRunner:
                     if call_end:
                         logs = {"epoch": epoch, "batch": batches - 1, "loss": loss, "size": size}
                         self.callbacks.call(end_hook, self.model, logs)
-                        # A train hook may end the pass (TerminateOnNaN); the val pass always runs whole, so the
-                        # epoch's row is complete even when the fit is stopping.
-                        if may_stop and getattr(self.model, "stop_training", False):
-                            break
+                    # A train batch hook, begin or end, may end the pass after this batch (TerminateOnNaN); the val
+                    # pass always runs whole, so the epoch's row is complete even when the fit is stopping.
+                    if may_stop and (call_begin or call_end) and getattr(self.model, "stop_training", False):
+                        break
                 if self.stage == "train":
                     self.step_runner.finish_pass()
             finally:

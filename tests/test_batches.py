@@ -6,7 +6,9 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from torch import nn
 
+from kerasish import KerasModel
 from kerasish.batches import batch_size, loss_of, preds_of, split_batch
 
 X = torch.zeros(4, 3)
@@ -169,3 +171,87 @@ def test_batch_size_without_a_batch_dimension_raises(batch, type_name):
         TypeError, match=rf"cannot tell how many samples a batch of type {type_name} holds: it contains no tensor"
     ):
         batch_size(batch)
+
+
+# --- batches and outputs that do not fit: a sentence at the first step, not torch's internals ----------------------
+
+
+def _model(net: nn.Module, loss_fn=None) -> KerasModel:
+    return KerasModel(net, loss_fn or nn.MSELoss(), optimizer=torch.optim.SGD(net.parameters(), lr=0.1), device="cpu")
+
+
+def test_a_loader_yielding_none_is_named():
+    message = (
+        r"^the loader yielded None as a batch; a batch is a tensor, a tuple \(x, y\) or a dict of tensors: check the "
+        r"dataset's __getitem__ and the loader's collate_fn$"
+    )
+    with pytest.raises(TypeError, match=message):
+        _model(nn.Linear(3, 1)).fit([None], epochs=1, verbose=0)
+
+
+def test_a_net_returning_a_tuple_with_a_loss_fn_is_named():
+    class TwoOutputs(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.linear = nn.Linear(3, 1)
+
+        def forward(self, x):
+            return self.linear(x), x
+
+    with pytest.raises(TypeError, match=r"^the net returned a tuple of 2 outputs, but loss_fn\(preds, labels\) takes "
+                       r"one tensor of preds"):  # fmt: skip
+        _model(TwoOutputs()).fit([(torch.randn(4, 3), torch.randn(4, 1))], epochs=1, verbose=0)
+
+
+def test_a_dict_batch_without_labels_names_its_keys_before_the_net_runs():
+    calls = []
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.linear = nn.Linear(3, 1)
+
+        def forward(self, x, **rest):
+            calls.append(sorted(rest))
+            return self.linear(x)
+
+    batch = {"x": torch.randn(4, 3), "label": torch.randn(4, 1)}
+    with pytest.raises(ValueError, match=r"^loss_fn needs labels, but the batch is a dict with keys \['label', 'x'\] "
+                       r"and no 'labels': put the labels under 'labels'"):  # fmt: skip
+        _model(Net()).fit([batch], epochs=1, verbose=0)
+    assert calls == []
+
+
+def test_a_batch_with_more_inputs_than_forward_takes_names_the_signature():
+    batch = (torch.randn(4, 3), torch.randn(4, 3), torch.randn(4, 1))  # two inputs, then the labels
+    message = (
+        r"^the batch gives the net 2 positional input\(s\), but Linear.forward\(input: torch.Tensor\) -> "
+        r"torch.Tensor cannot take them \(too many positional arguments\)"
+    )
+    with pytest.raises(TypeError, match=message):
+        _model(nn.Linear(3, 1)).fit([batch], epochs=1, verbose=0)
+
+
+def test_a_type_error_inside_forward_is_left_as_it_is():
+    class Broken(nn.Linear):
+        def forward(self, x):
+            raise TypeError("a bug in my forward")
+
+    with pytest.raises(TypeError, match=r"^a bug in my forward$"):
+        _model(Broken(3, 1)).fit([(torch.randn(4, 3), torch.randn(4, 1))], epochs=1, verbose=0)
+
+
+@pytest.mark.parametrize("loss_fn", [nn.MSELoss(), nn.L1Loss(), nn.functional.mse_loss])
+def test_an_elementwise_loss_refuses_preds_and_labels_of_different_shapes(loss_fn):
+    net = nn.Linear(3, 1)
+    before = net.weight.detach().clone()
+    batch = (torch.randn(8, 3), torch.randn(8))  # preds (8, 1), labels (8,): MSE would average over 8 x 8 pairs
+    message = (
+        r"^preds have shape \(8, 1\) and labels \(8,\): .* would broadcast them to \(8, 8\) and compare values "
+        r"that do not belong together. Give the labels the preds' shape"
+    )
+    with pytest.raises(ValueError, match=message):
+        _model(net, loss_fn).fit([batch], epochs=1, verbose=0)
+    assert torch.equal(net.weight, before)
+    history = _model(net, loss_fn).fit([(batch[0], batch[1][:, None])], epochs=1, verbose=0)  # fixed: it trains
+    assert len(history) == 1

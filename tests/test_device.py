@@ -35,6 +35,13 @@ def test_none_falls_back_to_mps(no_accelerator, monkeypatch):
     assert resolve_device(None) == torch.device("mps")
 
 
+@pytest.fixture
+def two_gpus_and_mps(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+
+
 @pytest.mark.parametrize(
     ("device", "expected"),
     [
@@ -46,10 +53,31 @@ def test_none_falls_back_to_mps(no_accelerator, monkeypatch):
         (torch.device("cpu"), torch.device("cpu")),
     ],
 )
-def test_strings_and_devices_are_honoured(no_accelerator, device, expected):
+def test_strings_and_devices_are_honoured(two_gpus_and_mps, device, expected):
     got = resolve_device(device)
     assert type(got) is torch.device
     assert got == expected
+
+
+@pytest.mark.parametrize(
+    ("device", "match"),
+    [
+        ("cuda", r"^device='cuda', but CUDA is not available here \(torch .*torch.cuda.is_available\(\) is False\); "
+         r"use device='cpu', or device=None"),
+        (torch.device("cuda", 0), r"^device=device\(type='cuda', index=0\), but CUDA is not available here"),
+        ("mps", r"^device='mps', but MPS is not available here \(it needs Apple silicon"),
+    ],
+)  # fmt: skip
+def test_a_device_this_machine_lacks_is_an_error_before_anything_moves(no_accelerator, device, match):
+    with pytest.raises(ValueError, match=match):
+        resolve_device(device)
+
+
+def test_a_gpu_index_beyond_the_machines_is_an_error(two_gpus_and_mps):
+    with pytest.raises(
+        ValueError, match=r"^device='cuda:2', but this machine has 2 CUDA device\(s\): cuda:0 to cuda:1$"
+    ):
+        resolve_device("cuda:2")
 
 
 @pytest.mark.parametrize("device", [0, 1.0, ["cpu"], b"cpu"])

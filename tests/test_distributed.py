@@ -396,6 +396,8 @@ def test_under_torchrun_on_gpus_each_process_takes_cuda_local_rank(monkeypatch):
 
     chosen = []
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)  # so MPS is refused as MPS, not as absent
     monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
     assert distributed._ddp_device(None, 3) == torch.device("cuda", 3)
     assert distributed._ddp_device("cuda", 1) == torch.device("cuda", 1)

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import pandas as pd
 import pytest
+import torch
+from torch import nn
 
+from kerasish import KerasModel, TerminateOnNaN
 from kerasish.history import History, history_columns
 
 
@@ -131,3 +135,20 @@ def test_the_frame_is_built_once_per_read_after_an_append(monkeypatch):
     history.append(row(6))
     assert history.frame["epoch"].tolist() == [1, 2, 3, 4, 5, 6]
     assert len(built) == 2
+
+
+def test_a_non_finite_epoch_loss_is_warned_about_once_per_fit():
+    x = torch.randn(8, 3)
+    data = [(x, torch.full((8, 1), float("nan")))]  # a NaN label: every loss is NaN
+    model = KerasModel(nn.Linear(3, 1), nn.MSELoss(), device="cpu")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.fit(data, data, epochs=3, verbose=0)
+    nan_warnings = [w for w in caught if issubclass(w.category, RuntimeWarning) and "not finite" in str(w.message)]
+    assert len(nan_warnings) == 1
+    assert str(nan_warnings[0].message).startswith("epoch 1: train_loss=nan, val_loss=nan; a batch's loss was not")
+    assert "TerminateOnNaN()" in str(nan_warnings[0].message)
+    assert nan_warnings[0].filename == __file__
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # with TerminateOnNaN the fit already answers a NaN loss: no warning
+        model.fit(data, data, epochs=3, verbose=0, callbacks=[TerminateOnNaN()])

@@ -168,7 +168,7 @@ def test_patience_none_runs_every_epoch_and_still_restores_the_best():
     assert model.net.tag.item() == 2
 
 
-def test_ctrl_c_returns_the_history_so_far_with_the_best_weights():
+def test_ctrl_c_propagates_after_the_best_weights_are_back_and_the_history_is_kept(capsys):
     class InterruptMidEpoch3(Callback):
         def on_train_batch_end(self, model, logs):
             if logs["epoch"] == 3 and logs["batch"] == 1:
@@ -177,10 +177,12 @@ def test_ctrl_c_returns_the_history_so_far_with_the_best_weights():
     data = regression_batches()
     model = scripted([0.5, 0.4, 0.1])
     recorder = Recorder()
-    history = model.fit(data, data, epochs=5, callbacks=[EpochTag(), InterruptMidEpoch3(), recorder], verbose=0)
-    assert history["epoch"].tolist() == [1, 2]
-    assert model.net.tag.item() == 2
+    with pytest.raises(KeyboardInterrupt):  # a script stops, with exit code 130, rather than carrying on
+        model.fit(data, data, epochs=5, callbacks=[EpochTag(), InterruptMidEpoch3(), recorder], verbose=2)
+    assert model.history["epoch"].tolist() == [1, 2]  # a notebook keeps the history so far ...
+    assert model.net.tag.item() == 2  # ... and the best weights
     assert recorder.calls[-1] == ("on_fit_end", 2)
+    assert "interrupted: fit stops after 2 finished epochs" in capsys.readouterr().out
 
 
 def test_model_history_is_empty_before_fit_and_holds_the_rows_so_far_during_it():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
 import re
 import shutil
@@ -56,9 +57,18 @@ def digits_run(
     train_dl = DataLoader(train, batch_size=64, shuffle=True, generator=torch.Generator().manual_seed(0))
     tripwire = Tripwire(at)
     every_epoch = ModelCheckpoint(run_dir / "epoch{epoch:02d}.pt", every_n_epochs=1, keep_last=2)
+    # Ctrl-C reaches the caller once fit has restored the best weights, as it would end a script.
+    interrupted = pytest.raises(KeyboardInterrupt) if at is not None else contextlib.nullcontext()
+    with interrupted:
+        _fit_digits(model, train_dl, DataLoader(val, batch_size=128), epochs, every_epoch, tripwire, run_dir, resume,
+                    verbose)  # fmt: skip
+    return model, tripwire
+
+
+def _fit_digits(model, train_dl, val_dl, epochs, every_epoch, tripwire, run_dir, resume, verbose) -> None:
     model.fit(
         train_dl,
-        DataLoader(val, batch_size=128),
+        val_dl,
         epochs=epochs,
         patience=3,
         min_delta=0.01,
@@ -68,7 +78,6 @@ def digits_run(
         resume=resume,
         verbose=verbose,
     )
-    return model, tripwire
 
 
 def without_time(history: pd.DataFrame) -> pd.DataFrame:

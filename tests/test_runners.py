@@ -342,6 +342,31 @@ def test_a_batch_hook_that_sets_stop_training_ends_the_train_pass_after_that_bat
     assert history["val_loss"].notna().all()
 
 
+def test_a_stop_set_in_on_train_batch_begin_ends_the_pass_after_that_batch_too():
+    steps = []
+
+    class StopBeforeBatch2(Callback):
+        def on_train_batch_begin(self, model, logs):
+            if logs["batch"] == 1:
+                model.stop_training = True
+
+    class CountSteps(StepRunner):
+        def compute_loss(self, batch):
+            if self.stage == "train":
+                steps.append(len(batch[0]))
+            return super().compute_loss(batch)
+
+    class Model(KerasModel):
+        StepRunner = CountSteps
+
+    data = regression_batches(n=20, batch_size=4)  # 5 batches
+    history = Model(nn.Linear(3, 1), nn.MSELoss(), device="cpu").fit(
+        data, data, epochs=3, callbacks=[StopBeforeBatch2()], verbose=0
+    )
+    assert steps == [4, 4]  # batch 0, then batch 1 (whose begin hook asked), then the pass ends
+    assert history["epoch"].tolist() == [1]
+
+
 def test_a_fit_stopping_in_the_train_pass_still_runs_the_whole_val_pass_with_its_batch_hooks():
     val_batches = []
 

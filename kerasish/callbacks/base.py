@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from kerasish.checks import not_a_class
 from kerasish.migration import check_hooks
 
 if TYPE_CHECKING:
@@ -142,6 +143,7 @@ class CallbackList:
     def __init__(self, callbacks: Iterable[Callback] = ()) -> None:
         self.callbacks = list(callbacks)
         for callback in self.callbacks:
+            not_a_class(callback, "a callback", "{cls}(...)")
             if not isinstance(callback, Callback):
                 raise TypeError(
                     f"callbacks must be kerasish.Callback instances; got {type(callback).__name__}: {callback!r}"

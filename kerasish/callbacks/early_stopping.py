@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from kerasish.callbacks.base import Callback, Logs
 from kerasish.callbacks.best_weights import BestWeights
+from kerasish.checks import flag, integer
 from kerasish.monitor import BestSoFar, Monitor, monitor_argument
 from kerasish.progress import say
 
@@ -81,9 +82,9 @@ class EarlyStopping(Callback):
         _check_args(patience, baseline, start_from_epoch, restore_best_weights)
         self.monitor = monitor_argument(monitor, mode, min_delta, delta_mode)
         self.best = BestSoFar(self.monitor)
-        self.patience = patience
+        self.patience = int(patience)
         self.baseline = None if baseline is None else float(baseline)
-        self.start_from_epoch = start_from_epoch
+        self.start_from_epoch = int(start_from_epoch)
         self.verbose = verbose
         self._restore = BestWeights(self.monitor, verbose=verbose) if restore_best_weights else None
         self._reset()
@@ -160,13 +161,10 @@ class EarlyStopping(Callback):
 
 
 def _check_args(patience: Any, baseline: Any, start_from_epoch: Any, restore_best_weights: Any) -> None:
-    if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
-        raise ValueError(f"patience={patience!r} is not valid; use an int >= 1 (or patience=None in fit to not stop)")
+    integer(patience, "patience", minimum=1, hint="or patience=None in fit to not stop")
     if baseline is not None and (
         isinstance(baseline, bool) or not isinstance(baseline, numbers.Real) or not math.isfinite(baseline)
     ):
         raise ValueError(f"baseline={baseline!r} is not valid; use a finite number, or None for no baseline")
-    if isinstance(start_from_epoch, bool) or not isinstance(start_from_epoch, int) or start_from_epoch < 0:
-        raise ValueError(f"start_from_epoch={start_from_epoch!r} is not valid; use an int >= 0 (0: count every epoch)")
-    if not isinstance(restore_best_weights, bool):
-        raise ValueError(f"restore_best_weights={restore_best_weights!r} is not valid; use True or False")
+    integer(start_from_epoch, "start_from_epoch", minimum=0, hint="0: count every epoch")
+    flag(restore_best_weights, "restore_best_weights")

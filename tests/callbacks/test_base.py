@@ -42,10 +42,16 @@ class InheritsEpochEnd(EpochEndOnly):
         pass
 
 
-@pytest.mark.parametrize("bad", [object(), "early_stopping", Callback, None])
+@pytest.mark.parametrize("bad", [object(), "early_stopping", None])
 def test_rejects_non_callbacks(bad):
     with pytest.raises(TypeError, match=rf"callbacks must be kerasish.Callback instances; got {type(bad).__name__}"):
         CallbackList([Recorder(), bad])
+
+
+def test_a_callback_class_instead_of_an_instance_says_to_build_one():
+    with pytest.raises(TypeError, match=r"^a callback is the class Recorder, not an instance of it; pass a callback="
+                       r"Recorder\(...\)$"):  # fmt: skip
+        CallbackList([Recorder])
 
 
 def test_base_callback_hooks_do_nothing():
