@@ -26,7 +26,7 @@ from kerasish.arguments import (
 )
 from kerasish.callbacks import Callback, CallbackList, ModelCheckpoint, TerminateOnNaN
 from kerasish.callbacks.builtins import fit_callbacks
-from kerasish.checkpoint import atomic_save, check_writable, load_weights, strip_wrapper_prefixes
+from kerasish.checkpoint import atomic_save, check_writable, load_into, load_weights
 from kerasish.checks import flag
 from kerasish.device import move_optimizer_state
 from kerasish.distributed import Strategy, make_strategy, unwrap
@@ -288,7 +288,13 @@ class KerasModel:
         val_pass = None if val_data is None else self._epoch_runner("val", callbacks, verbose)
         history = History(columns, monitor=watched, directions=directions(columns, self.metrics_dict))
         run = RunState.open(
-            state_path, resume, model=self, history=history, callbacks=callbacks, runner=train_pass, loader=train_data
+            state_path,
+            resume,
+            model=self,
+            history=history,
+            callbacks=callbacks,
+            runner=train_pass,
+            loader=train_data,
         )
         self._history, self.stop_training = history, False
         callbacks.call("on_fit_begin", self, {})
@@ -439,12 +445,14 @@ class KerasModel:
         The file is read with ``weights_only=True``: tensors only, no pickled code is ever run. Files whose keys all
         carry a wrapper's prefix (``module.`` from ``DistributedDataParallel``, ``_orig_mod.`` from
         ``torch.compile``) load too. Data-parallel, rank 0 reads the file and sends it to the others, so only rank 0
-        needs it on disk: call ``load_ckpt`` on every rank.
+        needs it on disk: call ``load_ckpt`` on every rank. A file that does not fit the net (missing or unexpected
+        keys, other shapes) is an error listing what differs, raised before anything is copied: the net is left as
+        it was.
         """
         if path is None:
             path = last_checkpoint(self._checkpoint)
         weights = self.strategy.from_main(lambda: load_weights(path, torch.device("cpu")))
-        self.net.load_state_dict(strip_wrapper_prefixes(weights, self.net.state_dict()))
+        load_into(self.net, weights, path)
 
     def _epoch_runner(
         self, stage: str, callbacks: CallbackList, verbose: int, metrics: Mapping | None = None

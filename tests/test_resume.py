@@ -372,10 +372,11 @@ def test_bad_resume_arguments_are_named(kwargs, error, match):
     fails_untouched(linear_model(), None, error, match, **kwargs)
 
 
-def test_a_directory_or_a_missing_directory_as_state_path_is_named(tmp_path):
+def test_a_directory_or_a_path_under_a_file_as_state_path_is_named(tmp_path):
     fails_untouched(linear_model(), None, ValueError, "state_path='.*' is a directory", state_path=tmp_path)
-    missing = tmp_path / "runs" / "state.pt"
-    fails_untouched(linear_model(), None, ValueError, "the directory '.*runs' does not exist", state_path=missing)
+    (tmp_path / "runs").write_text("")
+    under_a_file = tmp_path / "runs" / "state.pt"
+    fails_untouched(linear_model(), None, ValueError, "'.*runs' is a file, not a directory", state_path=under_a_file)
 
 
 def test_callbacks_that_differ_from_the_saved_run_are_listed_both_ways(saved, batches):

@@ -26,7 +26,8 @@ class CSVLogger(Callback):
     was) and closed when the fit ends, however it ends. Data-parallel, rank 0 alone reads and writes it.
 
     Args:
-        path: the CSV file; its directory must exist and be writable (checked here).
+        path: the CSV file. Its directory is created when the first row is written, if it does not exist; here
+            it is checked that it could be (the nearest existing directory must be writable).
         append: ``False`` (default) starts a fresh file at each fit's beginning, **replacing any file already at
             ``path``**. ``True`` adds this fit's rows after those already in the file, as a resumed run wants; the
             header is written only when the file is new or empty, and a file whose header differs from this fit's
@@ -105,6 +106,7 @@ class CSVLogger(Callback):
     def _open(self) -> None:
         if not self._columns:
             raise RuntimeError("CSVLogger writes rows only after on_fit_begin")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = open(self.path, "a" if self.append else "w", newline="", encoding="utf-8")  # noqa: SIM115
         self._writer = csv.writer(self._file, delimiter=self.separator, lineterminator="\n")
         if not self._resume:

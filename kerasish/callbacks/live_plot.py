@@ -13,7 +13,7 @@ import pandas as pd
 
 from kerasish import plotting
 from kerasish.callbacks.base import Callback, Logs
-from kerasish.checkpoint import check_writable
+from kerasish.checkpoint import check_directory, check_writable
 from kerasish.distributed import is_main_process
 from kerasish.progress import say
 
@@ -35,8 +35,9 @@ class LivePlot(Callback):
 
     Args:
         path: where the final figure goes. A file path (its suffix picks the format: ``.png``, ``.pdf``, ``.svg``,
-            ...) is written, replacing a file already there. A directory gets a new ``history.png``
-            (``history-2.png``, ... when taken: an earlier plot is never replaced). ``None``: no file in a
+            ...) is written, replacing a file already there. A directory (one that exists, or a path ending in
+            ``/``) gets a new ``history.png`` (``history-2.png``, ... when taken: an earlier plot is never
+            replaced). Missing directories are created when the figure is written. ``None``: no file in a
             notebook; a new ``history.png`` in the current directory outside one.
         metrics: the panels, as in :func:`~kerasish.plot_history`; ``None``: every metric. Checked against the
             fit's columns before the first step.
@@ -45,7 +46,8 @@ class LivePlot(Callback):
 
     Raises:
         ImportError: matplotlib is not installed (the message names the extra), here rather than after training.
-        ValueError: the path's directory does not exist, or its suffix is not an image format matplotlib writes.
+        ValueError: the path's directory could not be created or written, or its suffix is not an image format
+            matplotlib writes.
 
     Example:
         >>> import tempfile
@@ -76,7 +78,7 @@ class LivePlot(Callback):
         plotting.require_matplotlib()
         if live is not None and not isinstance(live, bool):
             raise TypeError(f"live={live!r} is not valid; use True, False or None (live only in a notebook)")
-        self.path = None if path is None else _check_path(path)
+        self.path, self._into_directory = (None, False) if path is None else _check_path(path)
         self.metrics = None if metrics is None else list(metrics)
         self.live = plotting.in_notebook() if live is None else live
         self.verbose = verbose
@@ -105,6 +107,7 @@ class LivePlot(Callback):
         if self.live and self.path is None:
             return
         target = self._target()
+        target.parent.mkdir(parents=True, exist_ok=True)
         self._draw(history).savefig(target)
         self.written = target
         if self.verbose:
@@ -137,7 +140,7 @@ class LivePlot(Callback):
         self._next_draw = now + 4 * (now - start)
 
     def _target(self) -> Path:
-        if self.path is not None and not self.path.is_dir():
+        if self.path is not None and not self._into_directory and not self.path.is_dir():
             return self.path
         directory = self.path or Path.cwd()
         stem, suffix = os.path.splitext(DEFAULT_NAME)
@@ -150,26 +153,30 @@ def plot_callbacks(plot: Any, ckpt_path: str | os.PathLike | None, verbose: int)
     if plot is False:
         return []
     if plot is True:
-        beside = Path(ckpt_path).parent if ckpt_path is not None and "{" not in str(Path(ckpt_path).parent) else None
+        parent = None if ckpt_path is None else str(Path(ckpt_path).parent)
+        # The separator marks a directory, which may not exist until the fit writes its first checkpoint.
+        beside = None if parent is None or "{" in parent else os.path.join(parent, "")
         return [LivePlot(None if plotting.in_notebook() else beside, verbose=verbose)]
     if not isinstance(plot, (str, os.PathLike)):
         raise TypeError(f"plot={plot!r} is not valid; use True, False or an image file path such as 'history.png'")
     return [LivePlot(plot, verbose=verbose)]
 
 
-def _check_path(path: str | os.PathLike) -> Path:
-    """A writable directory, or a writable file path whose suffix matplotlib can write."""
+def _check_path(path: str | os.PathLike) -> tuple[Path, bool]:
+    """``path`` and whether it names a directory, after checking that it can be written (or created).
+
+    A directory is one that exists, or a path ending in a separator; anything else must end in an image format.
+    """
     from matplotlib.backend_bases import FigureCanvasBase
 
-    path = Path(path)
-    if path.is_dir():
-        if not os.access(path, os.W_OK):
-            raise ValueError(f"path={str(path)!r} is a directory that is not writable")
-        return path
+    text = os.fspath(path)
+    if Path(text).is_dir() or text.endswith(("/", os.sep)):
+        return check_directory(Path(text), "path", text), True
     formats = FigureCanvasBase.get_supported_filetypes()
-    if path.suffix.lower().lstrip(".") not in formats:
+    if Path(text).suffix.lower().lstrip(".") not in formats:
         raise ValueError(
-            f"path={str(path)!r} does not end in an image format matplotlib writes; use one of "
-            f"{', '.join('.' + name for name in sorted(formats))}, or an existing directory"
+            f"path={text!r} does not end in an image format matplotlib writes; use one of "
+            f"{', '.join('.' + name for name in sorted(formats))}, or a directory (one that exists, or a path "
+            "ending in '/')"
         )
-    return check_writable(path, "path")
+    return check_writable(text, "path"), False

@@ -26,9 +26,11 @@ class ModelCheckpoint(Callback):
     What counts as an improvement is :class:`~kerasish.Monitor`'s rule, shared with early stopping and the restore.
 
     ``path`` may be a template filled in with the epoch's history row by ``str.format``, e.g.
-    ``"ckpt/epoch{epoch:03d}-val_loss{val_loss:.4f}.pt"``: ``epoch`` is an int, the other columns are floats. Only
-    the file name may hold fields; the directory must exist. Write a literal brace as ``{{`` or ``}}``. A file at a
-    name this callback writes is overwritten, as a plain path is.
+    ``"ckpt/epoch{epoch:03d}-val_loss{val_loss:.4f}.pt"``: ``epoch`` is an int, the other columns are floats.
+    Directories may hold fields too (``"ckpt/{epoch:03d}/weights.pt"``). Missing directories are created when a file
+    is first written into them, not before; here the path is checked as far as its fixed part goes (the nearest
+    existing directory must be writable). Write a literal brace as ``{{`` or ``}}``. A file at a name this callback
+    writes is overwritten, as a plain path is.
 
     Args:
         path: the file to write, or a template of it.
@@ -43,7 +45,7 @@ class ModelCheckpoint(Callback):
         keep_last: keep only the newest ``k`` files this callback wrote in this fit, deleting older ones it wrote; no
             other file is ever deleted, and files of an earlier fit of the same instance are left alone. Needs a
             template whose name changes between epochs: a plain path names one file that each save overwrites.
-            ``None`` deletes nothing.
+            ``None`` deletes nothing. A directory created for a deleted file is left in place.
 
     Attributes:
         path: ``path`` as given (the template, when it is one).
@@ -196,8 +198,6 @@ def _parse_template(path: Any) -> tuple[str, list[str]]:
                 f"path={template!r} has the field {{{field}}}; fields must be history column names, "
                 "such as {epoch:03d} or {val_loss:.4f}"
             )
-    if "{" in os.path.dirname(template) or "}" in os.path.dirname(template):
-        raise ValueError(f"path={template!r} has braces in its directory part; only the file name may be a template")
     try:
         template.format_map({field: 1 if field == "epoch" else 0.5 for field in fields})
     except (ValueError, TypeError, KeyError, IndexError) as err:

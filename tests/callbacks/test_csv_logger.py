@@ -166,10 +166,22 @@ def test_floats_at_full_precision_nan_inf_and_missing_cells(tmp_path):
 
 
 def test_bad_path_fails_at_construction(tmp_path):
-    with pytest.raises(ValueError, match=r"path='.*missing/log\.csv': the directory '.*missing' does not exist"):
-        CSVLogger(tmp_path / "missing" / "log.csv")
+    (tmp_path / "taken").write_text("a file")
+    with pytest.raises(ValueError, match=r"path='.*taken/log\.csv': '.*taken' is a file, not a directory"):
+        CSVLogger(tmp_path / "taken" / "log.csv")
     with pytest.raises(ValueError, match=r"path='.*' is a directory"):
         CSVLogger(tmp_path)
+
+
+def test_a_missing_directory_is_created_with_the_first_row(tmp_path):
+    path = tmp_path / "runs" / "a" / "history.csv"
+    logger = CSVLogger(path)
+    model = SimpleNamespace(history=pd.DataFrame(columns=["epoch", "train_loss"]))
+    logger.on_fit_begin(model, {})
+    assert list(tmp_path.iterdir()) == []
+    logger.on_epoch_end(model, {"epoch": 1, "train_loss": 0.5})
+    logger.on_fit_end(model, {})
+    assert read_rows(path) == [["epoch", "train_loss"], ["1", "0.5"]]
 
 
 @pytest.mark.parametrize("separator", ["", ";;", '"', "\n", 1])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import types
+from pathlib import Path
 
 import pytest
 import torch
@@ -77,6 +78,24 @@ def test_plot_true_writes_beside_the_checkpoint(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
 
 
+def test_plot_true_writes_beside_a_checkpoint_whose_directory_the_fit_creates(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    batches = regression_batches()
+    make_model().fit(batches, batches, epochs=2, ckpt_path=tmp_path / "a" / "b" / "best.pt", plot=True, verbose=0)
+    assert sorted(p.name for p in (tmp_path / "a" / "b").iterdir()) == ["best.pt", "history.png"]
+    assert [p.name for p in tmp_path.iterdir()] == ["a"]
+
+
+@pytest.mark.parametrize("given", ["plots/", "plots/curves.svg"])
+def test_a_missing_directory_is_created_when_the_figure_is_written(tmp_path, monkeypatch, given):
+    monkeypatch.chdir(tmp_path)
+    plot = LivePlot(given, verbose=0)
+    assert list(tmp_path.iterdir()) == []
+    make_model().fit(regression_batches(), epochs=1, callbacks=[plot], verbose=0)
+    assert plot.written == Path("plots") / ("history.png" if given.endswith("/") else "curves.svg")
+    assert [str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")] == ["plots", str(plot.written)]
+
+
 def test_a_path_names_the_file_and_its_format(tmp_path):
     batches = regression_batches()
     make_model().fit(batches, batches, epochs=2, plot=tmp_path / "curves.svg", verbose=0)
@@ -139,7 +158,8 @@ def test_a_fit_that_finishes_no_epoch_writes_nothing(tmp_path, monkeypatch):
     ("plot", "error", "message"),
     [
         ("curves.txt", ValueError, "path='curves.txt' does not end in an image format matplotlib writes; use one of"),
-        ("no_such_dir/curves.png", ValueError, "the directory 'no_such_dir' does not exist"),
+        ("/dev/null/curves.png", ValueError, "path='/dev/null/curves.png': '/dev/null' is a file, not a directory"),
+        ("curves", ValueError, "or a directory (one that exists, or a path ending in '/')"),
         (1, TypeError, "plot=1 is not valid; use True, False or an image file path such as 'history.png'"),
     ],
 )

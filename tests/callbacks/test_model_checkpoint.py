@@ -136,9 +136,18 @@ def test_a_failed_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch, err
     assert saved_tag(path) == 1
 
 
-def test_missing_directory_raises(tmp_path):
-    path = tmp_path / "nowhere" / "best.pt"
-    message = f"path={str(path)!r}: the directory {str(path.parent)!r} does not exist"
+def test_a_missing_directory_is_created_with_the_first_file(tmp_path):
+    path = tmp_path / "a" / "b" / "best.pt"
+    fit = Fit(ModelCheckpoint(path))
+    assert list(tmp_path.iterdir()) == []
+    fit.epoch_end(0.5)
+    assert saved_tag(path) == 1
+
+
+def test_a_file_where_a_directory_should_be_raises(tmp_path):
+    (tmp_path / "taken").write_text("a file")
+    path = tmp_path / "taken" / "best.pt"
+    message = f"path={str(path)!r}: {str(tmp_path / 'taken')!r} is a file, not a directory"
     with pytest.raises(ValueError, match=re.escape(message)):
         ModelCheckpoint(path)
 
@@ -335,7 +344,6 @@ def test_relative_min_delta_with_negative_values(tmp_path):
         ("epoch{epoch.pt", r"is not a valid template \(.*\); write literal braces as \{\{ and \}\}"),
         ("epoch{}.pt", r"has the field \{\}; fields must be history column names"),
         ("loss{val_loss.real}.pt", r"has the field \{val_loss.real\}; fields must be history column names"),
-        ("{epoch}/best.pt", r"has braces in its directory part; only the file name may be a template"),
         ("epoch{epoch:.2q}.pt", r"cannot be filled in with an epoch's row \(ValueError: Unknown format code 'q'"),
     ],
 )
@@ -344,9 +352,21 @@ def test_bad_templates_raise(tmp_path, template, match):
         ModelCheckpoint(tmp_path / template)
 
 
-def test_a_template_in_a_missing_directory_raises(tmp_path):
-    path = tmp_path / "nowhere" / TEMPLATE
-    with pytest.raises(ValueError, match=re.escape(f"the directory {str(path.parent)!r} does not exist")):
+def test_directories_may_be_templates_too_and_are_created_as_files_are_written(tmp_path):
+    fit = Fit(ModelCheckpoint(tmp_path / "ckpt" / "{epoch:03d}" / "w{{1}}.pt", keep_last=1))
+    assert list(tmp_path.iterdir()) == []
+    fit.epoch_end(0.5)
+    fit.epoch_end(0.4)
+    assert saved_tag(tmp_path / "ckpt" / "002" / "w{1}.pt") == 2
+    files = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
+    assert files == ["ckpt/002/w{1}.pt"]  # keep_last deleted epoch 1's file; its directory stays
+
+
+def test_a_template_under_a_file_raises(tmp_path):
+    (tmp_path / "taken").write_text("a file")
+    path = tmp_path / "taken" / "{epoch:03d}" / "w.pt"
+    message = f"the directory {str(path.parent)!r} cannot be created: {str(tmp_path / 'taken')!r} is a file"
+    with pytest.raises(ValueError, match=re.escape(message)):
         ModelCheckpoint(path)
 
 
