@@ -295,6 +295,7 @@ class KerasModel:
             callbacks=callbacks,
             runner=train_pass,
             loader=train_data,
+            val_loader=val_data,
         )
         self._history, self.stop_training = history, False
         callbacks.call("on_fit_begin", self, {})

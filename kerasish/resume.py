@@ -5,21 +5,28 @@ dict that ``torch.load(..., weights_only=True)`` reads back):
 
 - ``version``, ``epoch`` (the last finished epoch), ``epochs`` (the fit's ``epochs``), ``finished`` (``None``,
   ``"stopped"``: a callback set ``model.stop_training``, as early stopping does, or ``"epochs"``: all used up);
-- ``columns`` and ``history``: the history's columns and its rows so far;
+- ``columns``: the history's known columns; ``history``: its rows so far, by column;
 - ``net``, ``optimizer``, ``lr_scheduler``, ``grad_scaler``: their ``state_dict()`` (the last epoch's weights, not
-  the best; ``None`` for what the fit does not have);
+  the best; ``None`` for what the fit does not have); ``optimizer_class``, ``lr_scheduler_class``: their class names
+  (``type(...).__name__``, ``None`` without a scheduler);
 - ``callbacks``: ``{"class": name, "state": callback.state_dict()}`` for every callback of the fit, in order;
-- ``rng``: torch (CPU, and CUDA and MPS where in use), NumPy and Python ``random``; ``loader_generators``: the states
-  of the train loader's own generators (``DataLoader(generator=...)``, its sampler's);
+- ``rng``: torch (CPU, and CUDA and MPS where in use), NumPy and Python ``random``; ``loader_generators`` and
+  ``val_loader_generators``: the states of the train and val loaders' own generators (``DataLoader(generator=...)``,
+  a sampler's);
 - ``world_size``: how many processes trained (absent from files of earlier kerasish versions: 1), and, when more than
-  one, ``ranks``: each rank's ``{"rng", "loader_generators"}``, so each resumes its own random streams (dropout).
+  one, ``ranks``: each rank's ``{"rng", "loader_generators", "val_loader_generators"}``, so each resumes its own
+  random streams (dropout).
+
+Version 1 files (earlier kerasish) are still read: their history is a list of row dicts, and they lack the classes
+and the val loader's generators, so those are neither checked nor restored.
 
 Data-parallel, rank 0 alone reads and writes the file and sends what it read to the others (no shared file system is
 needed, and the ranks cannot disagree about whether the file exists); resuming on another number of processes is an
 error.
 
 :meth:`RunState.open` checks the file against the fit before the callbacks begin; :meth:`RunState.restore` applies
-it after their ``on_fit_begin`` (which resets them) and before the first step.
+it after their ``on_fit_begin`` (which resets them) and before the first step. A loader whose workers persist
+across epochs cannot be resumed exactly, so with a ``state_path`` it is refused (see :mod:`kerasish.state_parts`).
 
 Example:
     A script trains 4 epochs; its first launch is cut after 2, and the relaunch (the same script, from scratch, with
@@ -52,22 +59,28 @@ Example:
 from __future__ import annotations
 
 import os
-import random
-from collections import OrderedDict
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from kerasish.callbacks.base import CallbackList
 from kerasish.checkpoint import atomic_save, check_writable
 from kerasish.history import History
 from kerasish.progress import say
+from kerasish.state_parts import (
+    HistoryColumns,
+    check_storable,
+    check_workers_restart,
+    history_rows,
+    loader_generators,
+    rng_states,
+    set_rng_states,
+)
 
-STATE_VERSION = 1
-STATE_KEYS = (
+STATE_VERSION = 2
+STATE_KEYS = (  # in every version's files
     "version",
     "epoch",
     "epochs",
@@ -82,7 +95,7 @@ STATE_KEYS = (
     "rng",
     "loader_generators",
 )
-_LEAVES = (bool, int, float, complex, str, bytes, type(None), torch.Tensor, torch.Size, torch.dtype, torch.device)
+VERSION_2_KEYS = ("optimizer_class", "lr_scheduler_class", "val_loader_generators")
 
 
 def check_resume_args(state_path: Any, resume: Any) -> Path | None:
@@ -115,7 +128,10 @@ def _read_if_there(state_path: Any, resume: Any) -> tuple[Path | None, dict[str,
 
 
 def read_state(path: Path) -> dict[str, Any]:
-    """The state in ``path``, read without running pickled code, after checking it is one this version reads."""
+    """The state in ``path``, read without running pickled code, after checking it is one this version reads.
+
+    Its ``history`` comes back as a list of row dicts, whatever the file's version.
+    """
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
@@ -130,14 +146,21 @@ def read_state(path: Path) -> dict[str, Any]:
             f"state_path={str(path)!r} is not a kerasish training state: it holds {holds} and no 'version'. Weights "
             "written by save_ckpt or ckpt_path are not one; fit(state_path=...) writes them"
         )
-    if state["version"] != STATE_VERSION:
+    if state["version"] not in (1, STATE_VERSION):
         raise ValueError(
             f"state_path={str(path)!r} has a training state of version {state['version']!r}; this kerasish reads "
-            f"version {STATE_VERSION}"
+            f"versions 1 to {STATE_VERSION}"
         )
-    missing = [key for key in STATE_KEYS if key not in state]
+    required = STATE_KEYS + (VERSION_2_KEYS if state["version"] == 2 else ())
+    missing = [key for key in required if key not in state]
     if missing:
         raise ValueError(f"state_path={str(path)!r} is a damaged training state: it lacks the keys {missing}")
+    try:
+        state["history"] = history_rows(state["history"])
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as err:
+        raise ValueError(
+            f"state_path={str(path)!r} is a damaged training state: its history cannot be read ({err!r})"
+        ) from err
     return state
 
 
@@ -157,6 +180,7 @@ class RunState:
         callbacks: CallbackList,
         runner: Any,
         loader: Iterable,
+        val_loader: Iterable | None = None,
     ) -> None:
         self.path = path
         self.saved = saved
@@ -165,6 +189,8 @@ class RunState:
         self.callbacks = callbacks
         self.scaler = getattr(getattr(runner, "step_runner", None), "scaler", None)  # the train pass's, under fp16
         self.generators = loader_generators(loader)
+        self.val_generators = loader_generators(val_loader)
+        self.history_columns = HistoryColumns(path)
 
     @classmethod
     def open(
@@ -177,13 +203,26 @@ class RunState:
         callbacks: CallbackList,
         runner: Any,
         loader: Iterable,
+        val_loader: Iterable | None = None,
     ) -> RunState:
         """Checks ``state_path`` and ``resume``, and with ``resume=True`` reads the file and checks it fits this fit.
 
-        Raises before anything of the fit has changed; the other arguments are the fit's parts the state covers.
+        Raises before anything of the fit has changed; the other arguments are the fit's parts the state covers
+        (``loader`` and ``val_loader``: ``fit``'s ``train_data`` and ``val_data``).
         """
         path, saved = model.strategy.from_main(lambda: _read_if_there(state_path, resume))
-        run = cls(path, saved, model=model, history=history, callbacks=callbacks, runner=runner, loader=loader)
+        if path is not None:
+            check_workers_restart({"train_data": loader, "val_data": val_loader})
+        run = cls(
+            path,
+            saved,
+            model=model,
+            history=history,
+            callbacks=callbacks,
+            runner=runner,
+            loader=loader,
+            val_loader=val_loader,
+        )
         if saved is not None:
             run._check_saved(saved)
         return run
@@ -216,10 +255,16 @@ class RunState:
             return
         state = self._state(epochs, ranks)
         check_storable(state, self.path)
+        # Filled in after the check: each history row was checked once, when it first came in.
+        state["history"] = self.history_columns.update(self.history.rows)
         atomic_save(state, self.path)
 
     def _rank_state(self) -> dict[str, Any]:
-        return {"rng": rng_states(), "loader_generators": [generator.get_state() for generator in self.generators]}
+        return {
+            "rng": rng_states(),
+            "loader_generators": [generator.get_state() for generator in self.generators],
+            "val_loader_generators": [generator.get_state() for generator in self.val_generators],
+        }
 
     def _state(self, epochs: int, ranks: list[dict[str, Any]]) -> dict[str, Any]:
         epoch = self.history.rows[-1]["epoch"]
@@ -230,10 +275,12 @@ class RunState:
             "epochs": epochs,
             "finished": "stopped" if model.stop_training else "epochs" if epoch >= epochs else None,
             "columns": list(self.history.columns),
-            "history": [{key: _plain(value) for key, value in row.items()} for row in self.history.rows],
+            "history": None,  # see save
             "net": model.net.state_dict(),
             "optimizer": model.optimizer.state_dict(),
+            "optimizer_class": _class_name(model.optimizer),
             "lr_scheduler": None if scheduler is None else scheduler.state_dict(),
+            "lr_scheduler_class": _class_name(scheduler),
             "grad_scaler": None if self.scaler is None else self.scaler.state_dict(),
             "callbacks": self._callback_states(),
             **ranks[0],
@@ -260,6 +307,9 @@ class RunState:
         set_rng_states(mine["rng"])
         for generator, state in zip(self.generators, mine["loader_generators"], strict=True):
             generator.set_state(state)
+        if "val_loader_generators" in mine:  # not in version 1 files, which leave them as the fit's loader has them
+            for generator, state in zip(self.val_generators, mine["val_loader_generators"], strict=True):
+                generator.set_state(state)
 
     def _check_saved(self, saved: dict[str, Any]) -> None:
         """Everything ``_load`` relies on, so that a mismatch fails before any part of the fit has changed."""
@@ -275,17 +325,45 @@ class RunState:
         _check_same(where, "callbacks", [entry["class"] for entry in saved["callbacks"]], names)
         _check_same(where, "history columns", saved["columns"], self.history.columns)
         _check_net(where, saved["net"], self.model.net.state_dict())
+        self._check_optimization(where, saved)
+        _check_same(where, "train loader generators", len(saved["loader_generators"]), len(self.generators))
+        if "val_loader_generators" in saved:  # not in version 1 files
+            _check_same(where, "val loader generators", len(saved["val_loader_generators"]), len(self.val_generators))
+
+    def _check_optimization(self, where: str, saved: dict[str, Any]) -> None:
+        """The optimizer, scheduler and gradient scaler: the same kinds as the saved run's, with as many parameters."""
+        model = self.model
+        _check_class(where, "optimizer", saved.get("optimizer_class"), model.optimizer)
         saved_groups = [len(group["params"]) for group in saved["optimizer"]["param_groups"]]
-        groups = [len(group["params"]) for group in self.model.optimizer.param_groups]
+        groups = [len(group["params"]) for group in model.optimizer.param_groups]
         _check_same(where, "optimizer's parameters per param group", saved_groups, groups)
-        for name, ours in (("lr_scheduler", self.model.lr_scheduler), ("grad_scaler", self.scaler)):
+        for name, ours in (("lr_scheduler", model.lr_scheduler), ("grad_scaler", self.scaler)):
             if (saved[name] is None) != (ours is None):
                 had = "had" if saved[name] is not None else "had no"
                 raise ValueError(
                     f"{where}: the saved run {had} {name} and this fit {'has none' if ours is None else 'has one'}; "
                     f"resume with the same {'precision' if name == 'grad_scaler' else name}"
                 )
-        _check_same(where, "train loader generators", len(saved["loader_generators"]), len(self.generators))
+        _check_class(where, "lr_scheduler", saved.get("lr_scheduler_class"), model.lr_scheduler)
+
+
+def _class_name(part: Any) -> str | None:
+    return None if part is None else type(part).__name__
+
+
+def _check_class(where: str, name: str, saved: str | None, ours: Any) -> None:
+    """Another kind's state would load silently (StepLR's into ExponentialLR) or fail at a step (Adam's into SGD).
+
+    ``saved`` is ``None`` for a version 1 file, which does not say, and for a part the saved run did not have.
+    """
+    if saved is None or ours is None or type(ours).__name__ == saved:
+        return
+    given = type(ours).__name__
+    raise ValueError(
+        f"{where}: the saved run's {name} was {saved} and this fit's is {given}: {saved}'s state cannot go on in "
+        f"{given}. Resume with the same kind of {name} as the saved run ({saved}), or start a new run with another "
+        "state_path"
+    )
 
 
 def _check_same(where: str, what: str, saved: Any, ours: Any) -> None:
@@ -313,78 +391,3 @@ def _resume_line(saved: dict[str, Any], path: Path | None, epochs: int) -> str:
     if saved["epoch"] >= epochs:
         return f"{line}: epochs={epochs} are done; nothing to train (pass a larger epochs to go on)"
     return line
-
-
-def loader_generators(loader: Any) -> list[torch.Generator]:
-    """The random generators a loader shuffles with: its own ``generator`` and its sampler's, each once."""
-    owners = (
-        loader,
-        getattr(loader, "sampler", None),
-        getattr(getattr(loader, "batch_sampler", None), "sampler", None),
-    )
-    found: list[torch.Generator] = []
-    for owner in owners:
-        generator = getattr(owner, "generator", None)
-        if isinstance(generator, torch.Generator) and all(generator is not seen for seen in found):
-            found.append(generator)
-    return found
-
-
-def rng_states() -> dict[str, Any]:
-    """The global generators' states as tensors and plain values, which weights-only loading reads back."""
-    name, keys, position, has_gauss, cached_gaussian = np.random.get_state()
-    version, internal, gauss_next = random.getstate()
-    return {
-        "torch": torch.get_rng_state(),
-        # Only where already in use: asking an idle CUDA for its state would initialise it.
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else [],
-        "mps": torch.mps.get_rng_state() if torch.backends.mps.is_available() else None,
-        "numpy": {
-            "name": name,
-            "keys": torch.from_numpy(keys.astype(np.int64)),
-            "position": int(position),
-            "has_gauss": int(has_gauss),
-            "cached_gaussian": float(cached_gaussian),
-        },
-        "python": {"version": version, "internal": list(internal), "gauss_next": gauss_next},
-    }
-
-
-def set_rng_states(states: dict[str, Any]) -> None:
-    """Puts back what :func:`rng_states` returned (CUDA and MPS states where those devices are here)."""
-    torch.set_rng_state(states["torch"])
-    if states["cuda"] and torch.cuda.is_available():
-        # A machine with fewer GPUs than the saved run had gets the states of those it has.
-        for device, state in zip(range(torch.cuda.device_count()), states["cuda"], strict=False):
-            torch.cuda.set_rng_state(state, device)
-    if states["mps"] is not None and torch.backends.mps.is_available():
-        torch.mps.set_rng_state(states["mps"])
-    numpy = states["numpy"]
-    keys = numpy["keys"].numpy().astype(np.uint32)
-    np.random.set_state((numpy["name"], keys, numpy["position"], numpy["has_gauss"], numpy["cached_gaussian"]))
-    python = states["python"]
-    random.setstate((python["version"], tuple(python["internal"]), python["gauss_next"]))
-
-
-def check_storable(value: Any, path: Path, where: str = "state") -> None:
-    """Raises, naming the part, when ``value`` holds something ``torch.load(weights_only=True)`` cannot read back."""
-    if isinstance(value, _LEAVES):
-        return
-    if type(value) in (dict, OrderedDict):
-        for key, item in value.items():
-            check_storable(key, path, f"{where} key {key!r}")
-            check_storable(item, path, f"{where}[{key!r}]")
-    elif type(value) in (list, tuple, set):
-        for index, item in enumerate(value):
-            check_storable(item, path, f"{where}[{index}]")
-    else:
-        raise TypeError(
-            f"the training state for state_path={str(path)!r} cannot hold {where}, a {type(value).__name__}: "
-            "torch.load(weights_only=True) could not read it back. State dicts (a callback's included) may hold "
-            "tensors, numbers, strings, None, and lists, tuples and dicts of them"
-        )
-
-
-def _plain(value: Any) -> Any:
-    """A history value as a plain Python number when NumPy gave it (weights-only loading refuses NumPy scalars)."""
-    return value.item() if isinstance(value, np.generic) else value

@@ -6,6 +6,8 @@ import contextlib
 import random
 import re
 import shutil
+import struct
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -13,11 +15,15 @@ import pandas as pd
 import pytest
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.optim.lr_scheduler import ExponentialLR, StepLR
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 from torchmetrics.classification import MulticlassAccuracy
 
 from kerasish import Callback, KerasModel, ModelCheckpoint, StepRunner, TerminateOnNaN
-from kerasish.resume import STATE_KEYS
+from kerasish.callbacks import CallbackList
+from kerasish.history import History
+from kerasish.resume import STATE_KEYS, RunState
+from kerasish.state_parts import history_rows
 from tests.helpers import regression_batches
 
 # The digits run below: val_loss improves by more than min_delta=0.01 up to epoch 4, then not, so with patience=3 it
@@ -145,7 +151,7 @@ def test_ctrl_c_mid_epoch_leaves_the_last_finished_epoch_and_resuming_ends_as_th
     assert tripwire.steps == CUT * STEPS_PER_EPOCH + 11
     assert len(interrupted.history) == CUT
     state = load(tmp_path / "state.pt")
-    assert (state["epoch"], state["finished"], len(state["history"])) == (CUT, None, CUT)
+    assert (state["epoch"], state["finished"], state["history"]["length"]) == (CUT, None, CUT)
 
     resumed, _ = digits_run(digits, tmp_path, EPOCHS, resume=True)
     pd.testing.assert_frame_equal(without_time(resumed.history), without_time(ref_model.history), check_exact=True)
@@ -173,12 +179,21 @@ def test_resuming_a_run_that_early_stopping_ended_trains_nothing_and_restores_th
 def test_the_state_file_reads_back_with_weights_only_and_holds_the_whole_run(reference, tmp_path):
     _, ref_dir = reference
     state = torch.load(ref_dir / "state.pt", weights_only=True)
-    assert tuple(state) == (*STATE_KEYS, "world_size")  # "ranks" too, data-parallel only
+    assert set(STATE_KEYS) < set(state)
+    assert tuple(state) == (  # "ranks" too, data-parallel only
+        *("version", "epoch", "epochs", "finished", "columns", "history", "net", "optimizer", "optimizer_class"),
+        *("lr_scheduler", "lr_scheduler_class", "grad_scaler", "callbacks", "rng", "loader_generators"),
+        *("val_loader_generators", "world_size"),
+    )
     assert state["world_size"] == 1
-    assert (state["version"], state["epoch"], state["epochs"], state["finished"]) == (1, STOP, EPOCHS, "stopped")
+    assert (state["version"], state["epoch"], state["epochs"], state["finished"]) == (2, STOP, EPOCHS, "stopped")
+    assert (state["optimizer_class"], state["lr_scheduler_class"]) == ("Adam", "StepLR")
     assert state["columns"] == ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "time"]
-    assert [row["epoch"] for row in state["history"]] == list(range(1, STOP + 1))
-    assert [row["lr"] for row in state["history"]] == [0.03] * 3 + [0.015] * 3 + [0.0075]
+    columns = state["history"]["columns"]
+    assert (state["history"]["length"], list(columns)) == (STOP, state["columns"])
+    assert columns["epoch"].dtype == torch.int64 and columns["lr"].dtype == torch.float64
+    assert columns["epoch"].tolist() == list(range(1, STOP + 1))
+    assert columns["lr"].tolist() == [0.03] * 3 + [0.015] * 3 + [0.0075]
     classes = [entry["class"] for entry in state["callbacks"]]
     assert classes == ["BestWeights", "ModelCheckpoint", "EarlyStopping", "ModelCheckpoint", "Tripwire"]
     assert state["callbacks"][0]["state"]["best"]["epoch"] == BEST
@@ -187,17 +202,22 @@ def test_the_state_file_reads_back_with_weights_only_and_holds_the_whole_run(ref
     assert set(state["rng"]) == {"torch", "cuda", "mps", "numpy", "python"}
     assert state["rng"]["numpy"]["keys"].shape == (624,)
     assert len(state["rng"]["python"]["internal"]) == 625
-    assert len(state["loader_generators"]) == 1
+    assert (len(state["loader_generators"]), state["val_loader_generators"]) == (1, [])
 
 
 # --- small runs: regression batches, a linear net --------------------------------------------------------------------
 
 
-def linear_model(seed: int = 0, **kwargs) -> KerasModel:
+SCHEDULER_ARGS = {StepLR: {"step_size": 1, "gamma": 0.5}, ExponentialLR: {"gamma": 0.9}}
+
+
+def linear_model(seed: int = 0, optimizer: type = torch.optim.SGD, scheduler: type | None = None) -> KerasModel:
+    """A seeded ``nn.Linear(3, 1)`` with an ``optimizer`` of that class (lr 0.05) and a ``scheduler`` of that class."""
     torch.manual_seed(seed)
     net = nn.Linear(3, 1)
-    kwargs.setdefault("optimizer", torch.optim.SGD(net.parameters(), lr=0.05))
-    return KerasModel(net, nn.MSELoss(), device="cpu", **kwargs)
+    opt = optimizer(net.parameters(), lr=0.05)
+    lr_scheduler = None if scheduler is None else scheduler(opt, **SCHEDULER_ARGS[scheduler])
+    return KerasModel(net, nn.MSELoss(), optimizer=opt, lr_scheduler=lr_scheduler, device="cpu")
 
 
 @pytest.fixture
@@ -422,8 +442,9 @@ def test_a_state_that_does_not_match_the_fit_is_named(saved, batches):
             r"Weights written by save_ckpt or ckpt_path are not one; fit\(state_path=\.\.\.\) writes them",
         ),
         ("garbage", r"is not a kerasish training state: torch.load\(weights_only=True\) could not read it \("),
-        ("version", r"has a training state of version 2; this kerasish reads version 1"),
+        ("version", r"has a training state of version 3; this kerasish reads versions 1 to 2"),
         ("damaged", r"is a damaged training state: it lacks the keys \['rng'\]"),
+        ("history", r"is a damaged training state: its history cannot be read \(ValueError\('zip\(\) argument 2"),
     ],
 )
 def test_a_file_that_is_not_a_state_of_this_version_is_named(content, match, saved, batches):
@@ -434,7 +455,9 @@ def test_a_file_that_is_not_a_state_of_this_version_is_named(content, match, sav
     else:
         state = load(saved)
         if content == "version":
-            state["version"] = 2
+            state["version"] = 3
+        elif content == "history":
+            state["history"]["columns"]["epoch"] = torch.tensor([1, 2])  # the run had one epoch
         else:
             del state["rng"]
         torch.save(state, saved)
@@ -467,4 +490,228 @@ def test_a_callback_state_that_weights_only_loading_could_not_read_fails_before_
         state_path=tmp_path / "state.pt",
         callbacks=[PathKeeper(), Tripwire()],
     )
+    assert not (tmp_path / "state.pt").exists()
+
+
+# --- the optimizer's and the scheduler's kinds ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def saved_adam(batches, tmp_path) -> Path:
+    """A state file from a one-epoch run of :func:`linear_model` with Adam and StepLR, without val data."""
+    path = tmp_path / "state.pt"
+    model = linear_model(optimizer=torch.optim.Adam, scheduler=StepLR)
+    model.fit(batches, epochs=1, callbacks=[Tripwire()], state_path=path, verbose=0)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("optimizer", "scheduler", "match"),
+    [
+        # Adam's state loads into SGD, which then fails at its first step: KeyError: 'momentum'.
+        (
+            torch.optim.SGD,
+            StepLR,
+            r"the saved run's optimizer was Adam and this fit's is SGD: Adam's state cannot go on in SGD\. Resume "
+            r"with the same kind of optimizer as the saved run \(Adam\), or start a new run with another state_path",
+        ),
+        # StepLR's state loads into ExponentialLR silently, which then halves the lr instead of multiplying it by 0.9.
+        (torch.optim.Adam, ExponentialLR, r"lr_scheduler was StepLR and this fit's is ExponentialLR: StepLR's state"),
+    ],
+)
+def test_another_kind_of_optimizer_or_scheduler_than_the_saved_run_had_is_named(
+    optimizer, scheduler, match, saved_adam, batches
+):
+    model = linear_model(seed=3, optimizer=optimizer, scheduler=scheduler)
+    fails_untouched(model, saved_adam, ValueError, match, train=batches, state_path=saved_adam, resume=True)
+
+
+class RenamedSGD(torch.optim.SGD):
+    """SGD under another name: a run saved with SGD goes on with it unchanged, but its class name differs."""
+
+
+def written_by_version_1(path: Path, history: pd.DataFrame) -> None:
+    """Rewrites the state at ``path`` as kerasish wrote it before version 2: rows, no classes, no val generators."""
+    state = load(path)
+    for key in ("optimizer_class", "lr_scheduler_class", "val_loader_generators"):
+        del state[key]
+    state["version"], state["history"] = 1, history.to_dict("records")
+    torch.save(state, path)
+
+
+def test_a_version_1_file_resumes_exactly_and_its_unnamed_classes_are_not_checked(batches, tmp_path):
+    path, fit = tmp_path / "state.pt", {"callbacks": [Tripwire()], "verbose": 0}
+    whole = linear_model().fit(batches, batches, epochs=4, **fit)
+    cut = linear_model()
+    cut.fit(batches, batches, epochs=2, state_path=path, **fit)
+    written_by_version_1(path, cut.history)
+    assert [type(value) for value in load(path)["history"][1].values()] == [int, float, float, float, float]
+
+    resumed = linear_model(seed=1, optimizer=RenamedSGD).fit(
+        batches, batches, epochs=4, state_path=path, resume=True, **fit
+    )
+    pd.testing.assert_frame_equal(without_time(resumed), without_time(whole), check_exact=True)
+    state = load(path)
+    assert (state["version"], state["optimizer_class"], state["history"]["length"]) == (2, "RenamedSGD", 4)
+    match = "the saved run's optimizer was RenamedSGD and this fit's is SGD"  # now that the file names it
+    fails_untouched(
+        linear_model(), path, ValueError, match, train=batches, val_data=batches, state_path=path, resume=True
+    )
+
+
+# --- the history in the file: by column, each row converted and checked once ----------------------------------------
+
+COLUMNS = ["epoch", "train_loss", "lr", "time"]
+
+
+def bare_run(path: Path, *, resume: bool = False) -> RunState:
+    """The run state of a fit of :func:`linear_model` without callbacks or val data, before its first epoch."""
+    model = linear_model()
+    history = History(COLUMNS)
+    return RunState.open(path, resume, model=model, history=history, callbacks=CallbackList(), runner=None, loader=[])
+
+
+def bits(rows: list[dict]) -> list[dict]:
+    """Each value with its type, a float as its 8 bytes: NaN then equals NaN, and -0.0 differs from 0.0."""
+    return [{key: (type(v), struct.pack("<d", v) if type(v) is float else v) for key, v in row.items()} for row in rows]
+
+
+def test_a_long_history_is_written_by_column_and_read_back_bit_for_bit(tmp_path):
+    rng = random.Random(0)
+    specials = [float("nan"), float("inf"), -0.0, 5e-324, 0.1 + 0.2, -1.7976931348623157e308]
+    rows = [
+        {"epoch": epoch, "train_loss": rng.random() if epoch % 50 else specials[epoch // 50 % 6], "lr": 0.1 / epoch}
+        | {"time": rng.expovariate(10.0)}
+        for epoch in range(1, 1501)
+    ]
+    run = bare_run(tmp_path / "state.pt")
+    for row in rows:
+        run.history.append(row)
+        if row["epoch"] in (1, 2, 999, 1500):
+            run.save(epochs=2000)
+    columns = load(tmp_path / "state.pt")["history"]["columns"]
+    assert {name: (column.dtype, len(column)) for name, column in columns.items()} == {
+        "epoch": (torch.int64, 1500),
+        **{name: (torch.float64, 1500) for name in COLUMNS[1:]},
+    }
+    resumed = bare_run(tmp_path / "state.pt", resume=True)
+    assert resumed.restore(epochs=2000, verbose=0) == 1501
+    assert bits(resumed.history.rows) == bits(rows)
+
+
+class Sealed(dict):
+    """A history row that fails the test when anything reads it."""
+
+    def _read(self, *args, **kwargs):
+        raise AssertionError("a save read an earlier epoch's row again")
+
+    __getitem__ = __iter__ = __len__ = __contains__ = get = keys = values = items = _read
+
+
+def test_a_save_reads_only_the_rows_added_since_the_last_one(tmp_path):
+    rows = [{"epoch": epoch, "train_loss": 1.0 / epoch, "lr": 0.05, "time": 0.5} for epoch in (1, 2, 3)]
+    run = bare_run(tmp_path / "state.pt")
+    for row in rows[:2]:
+        run.history.append(row)
+        run.save(epochs=3)
+    run.history.rows[:] = [Sealed(row) for row in run.history.rows]
+    run.history.append(rows[2])
+    run.save(epochs=3)
+    assert bits(history_rows(load(tmp_path / "state.pt")["history"])) == bits(rows)
+
+
+def test_columns_of_other_values_or_with_gaps_come_back_as_they_were(tmp_path):
+    rows = [
+        {"epoch": 1, "train_loss": 0.5, "lr": 0.1, "time": 1.5, "note": "warm-up"},
+        {"epoch": 2, "train_loss": None, "lr": np.float32(0.25), "time": 1.5, "flag": True},
+        {"epoch": 3, "train_loss": 0.25, "lr": 0.1, "time": 2, "flag": False, "note": "x", "big": 2**70},
+    ]
+    run = bare_run(tmp_path / "state.pt")
+    for row in rows:
+        run.history.append(row)
+        run.save(epochs=3)
+    columns = load(tmp_path / "state.pt")["history"]["columns"]
+    assert list(columns) == [*COLUMNS, "note", "flag", "big"]
+    assert columns["lr"].dtype == torch.float64  # NumPy's float32 0.25, as a Python float
+    assert columns["time"] == {"rows": [0, 1, 2], "values": [1.5, 1.5, 2]}  # an int among the floats
+    assert columns["note"] == {"rows": [0, 2], "values": ["warm-up", "x"]}
+    resumed = bare_run(tmp_path / "state.pt", resume=True)
+    resumed.restore(epochs=3, verbose=0)
+    assert bits(resumed.history.rows) == bits([rows[0], {**rows[1], "lr": 0.25}, rows[2]])
+    pd.testing.assert_frame_equal(resumed.history.frame, run.history.frame, check_exact=True)
+
+    run.history.append({"epoch": 4, "train_loss": 0.2, "lr": 0.1, "time": 1.0, "note": Path("run.log")})
+    with pytest.raises(TypeError, match=r"cannot hold state\['history'\]\[3\]\['note'\], a PosixPath"):
+        run.save(epochs=4)
+
+
+# --- loaders: their random streams go on exactly, or the fit is refused ---------------------------------------------
+
+
+def regression_set(seed: int, n: int = 40) -> TensorDataset:
+    """``n`` samples of a noisy linear target in 3 features, drawn from a generator seeded with ``seed``."""
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 3, generator=generator)
+    return TensorDataset(x, x @ torch.tensor([[1.0], [-2.0], [0.5]]) + 0.1 * torch.randn(n, 1, generator=generator))
+
+
+class Jittered(Dataset):
+    """Adds noise from torch's global generator to every sample read: in a worker process, the worker's generator."""
+
+    def __init__(self, data: TensorDataset) -> None:
+        self.data = data
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, index: int):
+        x, y = self.data[index]
+        return x + 0.1 * torch.randn(3), y
+
+
+def whole_and_resumed(loaders: Callable[[], tuple], tmp_path: Path) -> tuple[KerasModel, KerasModel]:
+    """A 4-epoch fit, and one cut after 2 epochs and relaunched to 4; ``loaders()`` builds each run's two loaders."""
+
+    def run(epochs: int, state_path: Path | None = None, resume: bool = False) -> KerasModel:
+        model = linear_model()
+        model.fit(*loaders(), epochs=epochs, patience=None, state_path=state_path, resume=resume, verbose=0)
+        return model
+
+    whole = run(4)
+    run(2, tmp_path / "state.pt")
+    return whole, run(4, tmp_path / "state.pt", resume=True)
+
+
+def test_a_shuffled_val_loader_with_its_own_generator_goes_on_with_its_saved_state(tmp_path):
+    def loaders() -> tuple[DataLoader, DataLoader]:
+        train = DataLoader(regression_set(0), batch_size=8, shuffle=True, generator=torch.Generator().manual_seed(1))
+        val = DataLoader(regression_set(1), batch_size=6, shuffle=True, generator=torch.Generator().manual_seed(2))
+        return train, val
+
+    whole, resumed = whole_and_resumed(loaders, tmp_path)
+    pd.testing.assert_frame_equal(without_time(resumed.history), without_time(whole.history), check_exact=True)
+    assert_same_tensors(resumed.net.state_dict(), whole.net.state_dict())
+    assert len(load(tmp_path / "state.pt")["val_loader_generators"]) == 1
+
+
+def test_workers_that_restart_every_epoch_draw_after_a_resume_what_they_drew_before(tmp_path):
+    def loaders() -> tuple[DataLoader, None]:
+        data = Jittered(regression_set(0))
+        return DataLoader(data, batch_size=8, shuffle=True, num_workers=1, generator=torch.Generator()), None
+
+    whole, resumed = whole_and_resumed(loaders, tmp_path)
+    pd.testing.assert_frame_equal(without_time(resumed.history), without_time(whole.history), check_exact=True)
+    assert_same_tensors(resumed.net.state_dict(), whole.net.state_dict())
+
+
+@pytest.mark.parametrize("argument", ["train_data", "val_data"])
+def test_a_loader_whose_workers_persist_is_refused_where_the_run_is_saved(argument, tmp_path):
+    loader = DataLoader(regression_set(0), batch_size=8, num_workers=1, persistent_workers=True)
+    match = (
+        rf"{argument} is a DataLoader with persistent_workers=True \(num_workers=1\), which a run saved to state_path "
+        r"cannot resume exactly: .* Pass persistent_workers=False \(its workers then restart, seeded anew, every "
+        r"epoch\), or fit without state_path"
+    )
+    fit = {"train": loader} if argument == "train_data" else {"val_data": loader}
+    fails_untouched(linear_model(), None, ValueError, match, state_path=tmp_path / "state.pt", resume=True, **fit)
     assert not (tmp_path / "state.pt").exists()
