@@ -1,7 +1,7 @@
 """Pictures of a fit: a panel per metric with its train and val curves and the best epoch marked.
 
-matplotlib is optional (``pip install "kerasish[plot]"``); it is imported only when a picture is asked for, so
-``import kerasish`` never pays for it.
+matplotlib is optional (``pip install matplotlib``; in a clone of kerasish, ``pip install -e ".[plot]"``); it is
+imported only when a picture is asked for, so ``import kerasish`` never pays for it.
 """
 
 from __future__ import annotations
@@ -20,14 +20,15 @@ from kerasish.monitor import BestSoFar, Monitor
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-INSTALL_HINT = 'pip install "kerasish[plot]"'
+# kerasish is on no package index, so `pip install "kerasish[plot]"` fails; these work however it was installed.
+INSTALL_HINT = 'pip install matplotlib (or, in a clone of kerasish: pip install -e ".[plot]")'
 STAGES = ("train", "val")
 # Panels per row before the figure wraps to a new row.
 COLUMNS = 3
 
 
 def require_matplotlib() -> Any:
-    """The ``matplotlib`` module, or an error that names the extra to install."""
+    """The ``matplotlib`` module, or an error that says how to install it."""
     try:
         import matplotlib
     except ImportError as err:

@@ -1,4 +1,9 @@
-"""What ``verbose=1`` shows: a bar per pass, a line per epoch; ``verbose=2``: only the lines; ``verbose=0``: nothing."""
+"""What ``verbose=1`` shows: a bar per pass, a line per epoch; ``verbose=2``: only the lines; ``verbose=0``: nothing.
+
+Bars are drawn only where they can be redrawn in place (see :func:`bars_wanted`): in a terminal, or as widgets in a
+notebook. With stderr going to a pipe or a file, ``verbose=1`` prints the epoch lines alone, so a log holds no
+carriage-return frames.
+"""
 
 from __future__ import annotations
 
@@ -17,6 +22,33 @@ REFRESH_SECONDS = 0.5
 # A bar appears only once its pass has run this long. A shorter pass would just flicker, and skipping its first draw
 # and its erasure saves about 0.15 ms per pass, 0.5 % of a small model's epoch.
 BAR_DELAY_SECONDS = 0.5
+
+
+def bars_wanted() -> bool:
+    """Whether ``verbose=1`` draws bars: stderr is a terminal, or this is a notebook's kernel.
+
+    A bar redraws itself with carriage returns, which a terminal and a notebook (tqdm.auto's widget) show as one line
+    changing, and a pipe or a file keeps as a frame per redraw. Asked when each pass begins, so output redirected
+    between fits is honoured.
+    """
+    return _in_notebook_kernel() or _is_terminal(sys.stderr)
+
+
+def _in_notebook_kernel() -> bool:
+    # The test tqdm.auto makes to pick its widget. A kernel has imported IPython already; a script that has not must
+    # not pay for importing it here.
+    ipython = sys.modules.get("IPython")
+    if ipython is None:
+        return False
+    shell = ipython.get_ipython()
+    return shell is not None and "IPKernelApp" in shell.config
+
+
+def _is_terminal(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # no stderr at all (None under pythonw), or a closed one: not a terminal
+        return False
 
 
 def say(message: str, model: Any) -> None:
@@ -49,10 +81,11 @@ class PassProgress:
 
     The bar is drawn once the pass has run :data:`BAR_DELAY_SECONDS`, and erased when it ends.
 
-    With ``enabled=False`` every method is a no-op and nothing is printed.
+    With ``enabled=False``, or where :func:`bars_wanted` says no (stderr is a pipe or a file, outside a notebook),
+    every method is a no-op and nothing is printed.
 
     Args:
-        enabled: whether to show anything.
+        enabled: whether the caller wants a bar (``verbose=1`` on the main process).
         description: the bar's label, e.g. ``"epoch 3/20 train"``.
         total: the number of batches, or ``None`` when the loader has no length.
         read_loss: returns the running loss; called only when the figure refreshes. ``None``: no loss figure.
@@ -62,7 +95,7 @@ class PassProgress:
         self, *, enabled: bool, description: str, total: int | None, read_loss: Callable[[], float] | None
     ) -> None:
         self.bar = None
-        if enabled:
+        if enabled and bars_wanted():
             # Imported when a bar is first wanted: in a notebook without ipywidgets, tqdm.auto warns on import,
             # and a fit with verbose=0 or 2 should not show that.
             from tqdm.auto import tqdm

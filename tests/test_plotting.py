@@ -141,9 +141,10 @@ def test_bad_input_is_named(call, error, message):
         call(history)
 
 
-def test_missing_matplotlib_names_the_extra_to_install(monkeypatch):
+def test_missing_matplotlib_says_how_to_install_it(monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
-    with pytest.raises(ImportError, match=re.escape('plotting needs matplotlib: pip install "kerasish[plot]"')):
+    hint = 'plotting needs matplotlib: pip install matplotlib (or, in a clone of kerasish: pip install -e ".[plot]")'
+    with pytest.raises(ImportError, match=re.escape(hint)):
         plot_history(history_frame(train_loss=[1.0]))
 
 

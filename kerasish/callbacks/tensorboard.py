@@ -14,7 +14,8 @@ from kerasish.history import split_stage
 if TYPE_CHECKING:
     from kerasish.model import KerasModel
 
-INSTALL_HINT = 'pip install "kerasish[tensorboard]"'
+# kerasish is on no package index, so `pip install "kerasish[tensorboard]"` fails; these work however it was installed.
+INSTALL_HINT = 'pip install tensorboard (or, in a clone of kerasish: pip install -e ".[tensorboard]")'
 
 
 class TensorBoard(Callback):
@@ -30,8 +31,8 @@ class TensorBoard(Callback):
     so give each run a directory of its own (``runs/lr-1e-3``, ``runs/lr-1e-2``, ...) under a common parent and point
     ``tensorboard --logdir runs`` at the parent.
 
-    TensorBoard is an optional dependency, needed only when this callback is built: ``pip install
-    "kerasish[tensorboard]"``.
+    TensorBoard is an optional dependency, needed only when this callback is built: ``pip install tensorboard`` (in a
+    clone of kerasish, ``pip install -e ".[tensorboard]"``).
 
     Args:
         log_dir: the run's directory; created (with its parents) when the fit begins.

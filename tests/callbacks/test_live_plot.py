@@ -185,11 +185,13 @@ def test_live_must_be_a_bool_or_none():
         LivePlot(live="yes")
 
 
-def test_missing_matplotlib_fails_at_construction_naming_the_extra(monkeypatch):
+def test_missing_matplotlib_fails_at_construction_saying_how_to_install_it(monkeypatch):
     import sys
 
     monkeypatch.setitem(sys.modules, "matplotlib", None)
-    with pytest.raises(ImportError, match=re.escape('pip install "kerasish[plot]"')):
+    with pytest.raises(
+        ImportError, match=re.escape('pip install matplotlib (or, in a clone of kerasish: pip install -e ".[plot]")')
+    ):
         make_model().fit(regression_batches(), epochs=1, plot=True, verbose=0)
 
 

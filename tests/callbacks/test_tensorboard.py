@@ -91,13 +91,15 @@ def test_columns_without_a_stage_keep_their_names_and_non_numbers_are_skipped(tm
     assert read_scalars(tmp_path) == {"lr": [(4, 0.25)], "grad_norm": [(4, 3.0)], "val_": [(4, 2.0)]}
 
 
-def test_missing_tensorboard_names_the_extra_to_install(tmp_path, monkeypatch):
+def test_missing_tensorboard_says_how_to_install_it(tmp_path, monkeypatch):
     # None in sys.modules makes an import fail, whether or not the module was loaded before.
     monkeypatch.setitem(sys.modules, "tensorboard", None)
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
-    with pytest.raises(
-        ImportError, match=re.escape('needs the tensorboard package: pip install "kerasish[tensorboard]"')
-    ):
+    hint = (
+        "needs the tensorboard package: pip install tensorboard"
+        ' (or, in a clone of kerasish: pip install -e ".[tensorboard]")'
+    )
+    with pytest.raises(ImportError, match=re.escape(hint)):
         TensorBoard(tmp_path)
 
 
