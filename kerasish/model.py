@@ -204,7 +204,8 @@ class KerasModel:
         Each epoch is a train pass over ``train_data``, then a val pass over ``val_data`` if given; its numbers become
         a row of the history. Training stops early once ``monitor`` has not improved for ``patience`` epochs. However
         the fit ends (epochs used up, early stop, Ctrl-C, an exception), the weights of the best epoch are loaded back
-        into the net, on its device. Ctrl-C ends the fit quietly and returns the history so far.
+        into the net, on its device. On Ctrl-C the ``KeyboardInterrupt`` propagates once the best weights are back
+        (a script stops; in a notebook, ``self.history`` keeps the finished epochs).
 
         Args:
             train_data: an iterable of batches, e.g. a ``DataLoader`` (one over an ``IterableDataset`` works too).
@@ -318,7 +319,7 @@ class KerasModel:
                 if self.stop_training:
                     break
         except KeyboardInterrupt:
-            # Raised on once on_fit_end has put the best weights back (the run state is as of the last epoch's end):
+            # Re-raised once on_fit_end has put the best weights back (the run state is as of the last epoch's end):
             # a script stops, a notebook keeps model.history and the weights.
             if verbose:
                 say(f"interrupted: fit stops after {len(history.rows)} finished epochs", self)
