@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -28,6 +29,7 @@ from kerasish.callbacks import Callback, CallbackList, ModelCheckpoint, Terminat
 from kerasish.callbacks.builtins import fit_callbacks
 from kerasish.checkpoint import atomic_save, check_writable, load_into, load_weights
 from kerasish.checks import flag
+from kerasish.cursor import check_long_run_args, make_cursor
 from kerasish.device import move_optimizer_state
 from kerasish.distributed import Strategy, make_strategy, unwrap
 from kerasish.history import History, warn_non_finite
@@ -198,6 +200,8 @@ class KerasModel:
         state_path: str | os.PathLike | None = None,
         resume: bool = False,
         quiet: bool | None = None,
+        steps_per_epoch: int | None = None,
+        validation_steps: int | None = None,
     ) -> pd.DataFrame:
         """Trains for up to ``epochs`` epochs and leaves the best epoch's weights in the net.
 
@@ -239,6 +243,11 @@ class KerasModel:
                 optimizer, scheduler, loaders and callbacks (same kinds, same order) as the saved run; a run that
                 early stopping ended trains no further. A ``CSVLogger`` continues its file with ``append=True``.
             quiet: ``True`` is ``verbose=0`` (torchkeras's spelling); ``None`` or ``False``: ``verbose`` decides.
+            steps_per_epoch: an epoch is this many train batches; the loader's iterator carries over between epochs
+                and a new pass (reshuffled, ``set_epoch`` data-parallel) starts when it is exhausted. This is how an
+                endless ``IterableDataset`` trains. ``None``: an epoch is one pass. See :mod:`kerasish.cursor`.
+            validation_steps: the val pass reads at most this many batches (its numbers then cover those only);
+                ``None``: the whole val data.
 
         Returns:
             The history, one row per finished epoch (also kept as ``self.history``): ``epoch``, ``train_loss``,
@@ -270,8 +279,15 @@ class KerasModel:
         watched = Monitor(monitor, mode, min_delta, delta_mode)
         columns, watched = check_fit_args(self, train_data, val_data, epochs=epochs, monitor=watched, verbose=verbose)
         epochs, restore_best_weights = int(epochs), flag(restore_best_weights, "restore_best_weights")
+        steps_per_epoch, validation_steps = check_long_run_args(steps_per_epoch, validation_steps, val_data)
         train_loader = self.strategy.train_loader(train_data, "train_data")
         val_loader = None if val_data is None else self.strategy.eval_loader(val_data, "val_data")[0]
+        cursor = make_cursor(
+            train_loader,
+            steps_per_epoch=steps_per_epoch,
+            strategy=self.strategy,
+            saves_positions=state_path is not None and steps_per_epoch is not None,
+        )
         builtins = fit_callbacks(
             watched,
             patience=patience,
@@ -284,7 +300,7 @@ class KerasModel:
         self._checkpoint = next((cb for cb in builtins if isinstance(cb, ModelCheckpoint)), None)
         if self.optimizer is None:
             self.optimizer = default_optimizer(self.net)
-        check_schedule(self, runners.loader_length(train_loader), epochs=epochs, resume=resume)
+        check_schedule(self, steps_per_epoch or runners.loader_length(train_loader), epochs=epochs, resume=resume)
         train_pass = self._epoch_runner("train", callbacks, verbose)
         val_pass = None if val_data is None else self._epoch_runner("val", callbacks, verbose)
         history = History(columns, monitor=watched, directions=directions(columns, self.metrics_dict))
@@ -296,6 +312,7 @@ class KerasModel:
             callbacks=callbacks,
             runner=train_pass,
             loader=train_data,
+            cursor=cursor,
             val_loader=val_data,
         )
         self._history, self.stop_training = history, False
@@ -306,7 +323,7 @@ class KerasModel:
             first_epoch = run.restore(epochs=epochs, verbose=verbose)
             for epoch in range(first_epoch, epochs + 1):
                 callbacks.call("on_epoch_begin", self, {"epoch": epoch})
-                logs = self._epoch(epoch, epochs, (train_pass, train_loader), (val_pass, val_loader))
+                logs = self._epoch(epoch, epochs, (train_pass, cursor), (val_pass, val_loader, validation_steps))
                 history.append(logs)
                 warned_nan = warned_nan or warn_non_finite(logs)
                 if verbose:
@@ -485,14 +502,17 @@ class KerasModel:
 
     def _epoch(self, epoch: int, epochs: int, train: tuple, val: tuple) -> dict[str, Any]:
         """One epoch's train and val passes: its history row, as the callbacks' ``on_epoch_end`` gets it."""
-        (train_pass, train_loader), (val_pass, val_loader) = train, val
-        # A DistributedSampler shuffles by (seed, epoch): a resumed run reshuffles as the uninterrupted one did.
-        self.strategy.set_epoch(train_loader, epoch)
+        (train_pass, cursor), (val_pass, val_loader, validation_steps) = train, val
         lr = self._lr()
-        logs = {"epoch": epoch, **train_pass(train_loader, epoch=epoch, epochs=epochs)}
+        batches = cursor.batches(epoch)
+        logs = {"epoch": epoch, **train_pass(batches, epoch=epoch, epochs=epochs, total=cursor.total())}
         seconds = train_pass.seconds
         if val_pass is not None:
-            logs.update(val_pass(val_loader, epoch=epoch, epochs=epochs))
+            val_batches, total = val_loader, None
+            if validation_steps is not None:
+                total = min(validation_steps, runners.loader_length(val_loader) or validation_steps)
+                val_batches = itertools.islice(val_loader, validation_steps)
+            logs.update(val_pass(val_batches, epoch=epoch, epochs=epochs, total=total))
             seconds += val_pass.seconds
         return {**logs, "lr": lr, "time": seconds}
 

@@ -181,6 +181,7 @@ class RunState:
         runner: Any,
         loader: Iterable,
         val_loader: Iterable | None = None,
+        cursor: Any = None,
     ) -> None:
         self.path = path
         self.saved = saved
@@ -190,6 +191,7 @@ class RunState:
         self.scaler = getattr(getattr(runner, "step_runner", None), "scaler", None)  # the train pass's, under fp16
         self.generators = loader_generators(loader)
         self.val_generators = loader_generators(val_loader)
+        self.cursor = cursor
         self.history_columns = HistoryColumns(path)
 
     @classmethod
@@ -204,6 +206,7 @@ class RunState:
         runner: Any,
         loader: Iterable,
         val_loader: Iterable | None = None,
+        cursor: Any = None,
     ) -> RunState:
         """Checks ``state_path`` and ``resume``, and with ``resume=True`` reads the file and checks it fits this fit.
 
@@ -222,6 +225,7 @@ class RunState:
             runner=runner,
             loader=loader,
             val_loader=val_loader,
+            cursor=cursor,
         )
         if saved is not None:
             run._check_saved(saved)
@@ -264,7 +268,12 @@ class RunState:
             "rng": rng_states(),
             "loader_generators": [generator.get_state() for generator in self.generators],
             "val_loader_generators": [generator.get_state() for generator in self.val_generators],
+            **({"cursor": self.cursor.state()} if self._positioned else {}),
         }
+
+    @property
+    def _positioned(self) -> bool:
+        return self.cursor is not None and self.cursor.positioned
 
     def _state(self, epochs: int, ranks: list[dict[str, Any]]) -> dict[str, Any]:
         epoch = self.history.rows[-1]["epoch"]
@@ -283,6 +292,7 @@ class RunState:
             "lr_scheduler_class": _class_name(scheduler),
             "grad_scaler": None if self.scaler is None else self.scaler.state_dict(),
             "callbacks": self._callback_states(),
+            "steps_per_epoch": None if self.cursor is None else self.cursor.steps_per_epoch,
             **ranks[0],
             "world_size": len(ranks),
             **({"ranks": ranks} if len(ranks) > 1 else {}),
@@ -304,6 +314,8 @@ class RunState:
         for row in saved["history"]:
             self.history.append(row)
         mine = saved["ranks"][model.rank] if "ranks" in saved else saved
+        if self._positioned:  # lays the pass out again from its saved start, then leaves the random states as now
+            self.cursor.restore(mine["cursor"])
         set_rng_states(mine["rng"])
         for generator, state in zip(self.generators, mine["loader_generators"], strict=True):
             generator.set_state(state)
@@ -327,6 +339,8 @@ class RunState:
         _check_net(where, saved["net"], self.model.net.state_dict())
         self._check_optimization(where, saved)
         _check_same(where, "train loader generators", len(saved["loader_generators"]), len(self.generators))
+        steps = None if self.cursor is None else self.cursor.steps_per_epoch
+        _check_same(where, "steps_per_epoch", saved.get("steps_per_epoch"), steps)
         if "val_loader_generators" in saved:  # not in version 1 files
             _check_same(where, "val loader generators", len(saved["val_loader_generators"]), len(self.val_generators))
 

@@ -294,8 +294,13 @@ class EpochRunner:
         self.verbose = verbose
         self.seconds = 0.0
 
-    def __call__(self, loader: Iterable, *, epoch: int | None = None, epochs: int | None = None) -> dict[str, float]:
+    def __call__(
+        self, loader: Iterable, *, epoch: int | None = None, epochs: int | None = None, total: int | None = None
+    ) -> dict[str, float]:
         """Runs the pass; returns ``{"<stage>_loss": ..., "<stage>_<metric>": ...}``.
+
+        ``total`` is the number of batches the pass will run, for the progress bar, when ``loader`` has no length
+        of its own (an epoch of ``steps_per_epoch`` batches); ``None``: the loader's length, if it has one.
 
         Raises:
             ValueError: the loader yielded no batches (data-parallel: on no rank).
@@ -311,7 +316,7 @@ class EpochRunner:
         progress = PassProgress(
             enabled=self.verbose == 1 and is_main_process(self.model),
             description=self.stage if epoch is None else f"epoch {epoch}/{epochs} {self.stage}",
-            total=loader_length(loader),
+            total=loader_length(loader) if total is None else total,
             read_loss=metrics.running_loss,
         )
         batches = 0

@@ -182,10 +182,10 @@ def test_the_state_file_reads_back_with_weights_only_and_holds_the_whole_run(ref
     assert set(STATE_KEYS) < set(state)
     assert tuple(state) == (  # "ranks" too, data-parallel only
         *("version", "epoch", "epochs", "finished", "columns", "history", "net", "optimizer", "optimizer_class"),
-        *("lr_scheduler", "lr_scheduler_class", "grad_scaler", "callbacks", "rng", "loader_generators"),
-        *("val_loader_generators", "world_size"),
+        *("lr_scheduler", "lr_scheduler_class", "grad_scaler", "callbacks", "steps_per_epoch", "rng"),
+        *("loader_generators", "val_loader_generators", "world_size"),
     )
-    assert state["world_size"] == 1
+    assert (state["world_size"], state["steps_per_epoch"]) == (1, None)
     assert (state["version"], state["epoch"], state["epochs"], state["finished"]) == (2, STOP, EPOCHS, "stopped")
     assert (state["optimizer_class"], state["lr_scheduler_class"]) == ("Adam", "StepLR")
     assert state["columns"] == ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "time"]

@@ -1,0 +1,200 @@
+"""Where a fit is in its train data: a whole pass per epoch, or ``steps_per_epoch`` batches from a stream that
+carries over between epochs, and the exact batch a resumed run goes on from.
+
+By default an epoch is one pass over the train loader, as ``for batch in loader`` gives it. With
+``fit(steps_per_epoch=N)`` an epoch is ``N`` batches: the loader's iterator carries over from one epoch to the next,
+and when it is exhausted a new pass starts (reshuffled as a fresh pass would be; data-parallel, with ``set_epoch``
+of the pass's number). That is how an endless ``IterableDataset`` trains.
+
+When the run state is saved at a point inside a pass (``state_every_n_steps``, or any epoch end with
+``steps_per_epoch``), the cursor is *positioned*: it lays out each pass's batches as lists of indices before the pass
+starts (which reads no data, and draws from the random generators exactly as the loader would), and a resumed run
+lays out the same pass again from the random states saved at its start, then skips the batches already trained on at
+the index level, so no consumed sample is read again. That works for a ``DataLoader`` over a map-style data set with
+any sampler (sequential, shuffled with a generator, ``DistributedSampler``) and for a list of batches; anything
+else is refused when a position must be saved.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, IterableDataset, Sampler
+
+from kerasish.checks import integer
+from kerasish.sharding import KEPT_SETTINGS
+from kerasish.state_parts import loader_generators
+
+# A loader laid out by index keeps these settings; its batches come from the lists, so batch_size, shuffle, sampler
+# and drop_last go.
+_KEPT = tuple(name for name in KEPT_SETTINGS if name not in ("batch_size", "drop_last"))
+
+
+class FixedBatches(Sampler[list[int]]):
+    """A batch sampler that yields the given lists of indices, in order: one pass, laid out beforehand."""
+
+    def __init__(self, batches: Sequence[list[int]]) -> None:
+        self.batches = batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+def check_long_run_args(steps_per_epoch: Any, validation_steps: Any, val_data: Any) -> tuple[int | None, int | None]:
+    """``fit``'s ``steps_per_epoch`` and ``validation_steps``: ``None`` or counts >= 1 (as ``int``)."""
+    steps = None if steps_per_epoch is None else integer(steps_per_epoch, "steps_per_epoch", minimum=1)
+    if validation_steps is None:
+        return steps, None
+    if val_data is None:
+        raise ValueError(f"validation_steps={validation_steps!r} needs val_data, but val_data is None")
+    return steps, integer(validation_steps, "validation_steps", minimum=1)
+
+
+def make_cursor(loader: Iterable, *, steps_per_epoch: int | None, strategy: Any, saves_positions: bool) -> TrainCursor:
+    """The fit's :class:`TrainCursor`; positioned when the run state must say where in a pass the fit is.
+
+    Raises:
+        ValueError: a position must be saved, but ``loader`` cannot be laid out by index (an ``IterableDataset``'s
+            loader, a generator).
+    """
+    if saves_positions and not positionable(loader):
+        kind = (
+            f"a DataLoader over an {type(loader.dataset).__name__}"
+            if isinstance(loader, DataLoader)
+            else f"a {type(loader).__name__}"
+        )
+        raise ValueError(
+            f"train_data is {kind}, whose position within a pass cannot be saved, and this fit saves one "
+            "(state_path with steps_per_epoch); resume needs a DataLoader over a map-style dataset (any sampler) or "
+            "a list of batches, or fit without state_path"
+        )
+    return TrainCursor(loader, steps_per_epoch=steps_per_epoch, strategy=strategy, positioned=saves_positions)
+
+
+def positionable(loader: Any) -> bool:
+    """Whether the cursor can lay out ``loader``'s passes by index: a map-style ``DataLoader`` or a list of batches."""
+    if isinstance(loader, (list, tuple)):
+        return True
+    return isinstance(loader, DataLoader) and not isinstance(loader.dataset, IterableDataset)
+
+
+class TrainCursor:
+    """The train batches of each epoch, and the position in the current pass.
+
+    Args:
+        loader: the train loader (data-parallel: already given its ``DistributedSampler``).
+        steps_per_epoch: batches per epoch, carried over between epochs; ``None``: one pass per epoch.
+        strategy: the model's :class:`~kerasish.distributed.Strategy` (``set_epoch`` before each pass).
+        positioned: lay each pass out by index, so that :meth:`state` can say where the fit is and
+            :meth:`restore` can go on from there (see the module's docstring).
+    """
+
+    def __init__(self, loader: Iterable, *, steps_per_epoch: int | None, strategy: Any, positioned: bool) -> None:
+        self.loader = loader
+        self.steps_per_epoch = steps_per_epoch
+        self.strategy = strategy
+        self.positioned = positioned
+        self.passes = 0  # passes started
+        self.position = 0  # batches taken from the current pass
+        self._iterator: Iterator | None = None
+        self._pass_start: dict[str, Any] | None = None
+        self._generators = loader_generators(loader)
+
+    def batches(self, epoch: int) -> Iterable:
+        """The epoch's train batches: the loader itself for a whole pass, else a stream of the epoch's batches."""
+        if self.steps_per_epoch is None and not self.positioned:
+            # A DistributedSampler shuffles by (seed, epoch): a resumed run reshuffles as the uninterrupted one did.
+            self.strategy.set_epoch(self.loader, epoch)
+            self.passes = epoch
+            return self.loader
+        return self._take(self.steps_per_epoch)
+
+    def total(self) -> int | None:
+        """How many batches an epoch has, when known (for the progress bar)."""
+        if self.steps_per_epoch is not None:
+            return self.steps_per_epoch
+        try:
+            return len(self.loader) - (self.position if self._iterator is not None else 0)
+        except TypeError:
+            return None
+
+    def _take(self, count: int | None) -> Iterator:
+        """``count`` batches, starting new passes as needed; ``None``: the rest of the current (or a new) pass."""
+        taken = 0
+        while count is None or taken < count:
+            if self._iterator is None:
+                if count is None and taken:
+                    return
+                self._start_pass()
+            try:
+                batch = next(self._iterator)
+            except StopIteration:
+                self._iterator = None
+                if self.position == 0:
+                    raise ValueError("train_data yielded no batches in a pass") from None
+                if count is None:
+                    return
+                continue
+            self.position += 1
+            taken += 1
+            yield batch
+
+    def _start_pass(self) -> None:
+        self.passes += 1
+        self.position = 0
+        self.strategy.set_epoch(self.loader, self.passes)
+        if self.positioned:
+            self._pass_start = {
+                "torch": torch.get_rng_state(),
+                "generators": [generator.get_state() for generator in self._generators],
+            }
+        self._iterator = self._pass_iterator(skip=0)
+
+    def _pass_iterator(self, skip: int) -> Iterator:
+        if not self.positioned:
+            return iter(self.loader)
+        if isinstance(self.loader, (list, tuple)):
+            return iter(self.loader[skip:])
+        loader: DataLoader = self.loader
+        settings = {name: getattr(loader, name) for name in _KEPT if hasattr(loader, name)}
+        if loader.batch_sampler is None:  # batch_size=None: the sampler's indices are the batches
+            indices = list(loader.sampler)
+            return iter(DataLoader(loader.dataset, sampler=indices[skip:], batch_size=None, **settings))
+        batches = list(loader.batch_sampler)
+        return iter(DataLoader(loader.dataset, batch_sampler=FixedBatches(batches[skip:]), **settings))
+
+    def state(self) -> dict[str, Any]:
+        """Where the fit is: passes started, batches taken from the current one, the random states at its start."""
+        in_pass = self._iterator is not None
+        return {
+            "passes": self.passes,
+            "position": self.position if in_pass else 0,
+            "pass_start": self._pass_start if in_pass else None,
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Goes on from a saved :meth:`state`: the same pass laid out again, its taken batches skipped unread.
+
+        The random states are put back as they were at the pass's start for the layout, then restored to what they
+        are now, so the run goes on with the states it was given.
+        """
+        self.passes, self.position = state["passes"], state["position"]
+        if state["pass_start"] is None:
+            self._iterator = None
+            return
+        now = {"torch": torch.get_rng_state(), "generators": [g.get_state() for g in self._generators]}
+        self._set_rng(state["pass_start"])
+        self.strategy.set_epoch(self.loader, self.passes)
+        self._pass_start = state["pass_start"]
+        self._iterator = self._pass_iterator(skip=self.position)
+        self._set_rng(now)
+
+    def _set_rng(self, states: dict[str, Any]) -> None:
+        torch.set_rng_state(states["torch"])
+        for generator, saved in zip(self._generators, states["generators"], strict=True):
+            generator.set_state(saved)
