@@ -45,8 +45,20 @@ class FixedBatches(Sampler[list[int]]):
         return len(self.batches)
 
 
-def check_long_run_args(steps_per_epoch: Any, validation_steps: Any, val_data: Any) -> tuple[int | None, int | None]:
-    """``fit``'s ``steps_per_epoch`` and ``validation_steps``: ``None`` or counts >= 1 (as ``int``)."""
+def check_long_run_args(
+    steps_per_epoch: Any, validation_steps: Any, val_data: Any, state_every_n_steps: Any, state_path: Any
+) -> tuple[int | None, int | None, int | None]:
+    """``fit``'s ``steps_per_epoch``, ``validation_steps`` and ``state_every_n_steps``: ``None`` or counts >= 1."""
+    every = None
+    if state_every_n_steps is not None:
+        every = integer(state_every_n_steps, "state_every_n_steps", minimum=1)
+        if state_path is None:
+            raise ValueError(f"state_every_n_steps={every} needs state_path: the file the run state is written to")
+    steps, val_steps = _steps(steps_per_epoch, validation_steps, val_data)
+    return steps, val_steps, every
+
+
+def _steps(steps_per_epoch: Any, validation_steps: Any, val_data: Any) -> tuple[int | None, int | None]:
     steps = None if steps_per_epoch is None else integer(steps_per_epoch, "steps_per_epoch", minimum=1)
     if validation_steps is None:
         return steps, None
@@ -70,8 +82,8 @@ def make_cursor(loader: Iterable, *, steps_per_epoch: int | None, strategy: Any,
         )
         raise ValueError(
             f"train_data is {kind}, whose position within a pass cannot be saved, and this fit saves one "
-            "(state_path with steps_per_epoch); resume needs a DataLoader over a map-style dataset (any sampler) or "
-            "a list of batches, or fit without state_path"
+            "(state_path with steps_per_epoch or state_every_n_steps); resume needs a DataLoader over a map-style "
+            "dataset (any sampler) or a list of batches, or fit without state_path"
         )
     return TrainCursor(loader, steps_per_epoch=steps_per_epoch, strategy=strategy, positioned=saves_positions)
 
@@ -105,21 +117,24 @@ class TrainCursor:
         self._pass_start: dict[str, Any] | None = None
         self._generators = loader_generators(loader)
 
-    def batches(self, epoch: int) -> Iterable:
-        """The epoch's train batches: the loader itself for a whole pass, else a stream of the epoch's batches."""
+    def batches(self, epoch: int, done: int = 0) -> Iterable:
+        """The epoch's train batches: the loader itself for a whole pass, else a stream of the epoch's batches.
+
+        ``done``: batches of this epoch trained before a resumed run went on with it.
+        """
         if self.steps_per_epoch is None and not self.positioned:
             # A DistributedSampler shuffles by (seed, epoch): a resumed run reshuffles as the uninterrupted one did.
             self.strategy.set_epoch(self.loader, epoch)
             self.passes = epoch
             return self.loader
-        return self._take(self.steps_per_epoch)
+        return self._take(None if self.steps_per_epoch is None else self.steps_per_epoch - done)
 
     def total(self) -> int | None:
         """How many batches an epoch has, when known (for the progress bar)."""
         if self.steps_per_epoch is not None:
             return self.steps_per_epoch
         try:
-            return len(self.loader) - (self.position if self._iterator is not None else 0)
+            return len(self.loader)
         except TypeError:
             return None
 

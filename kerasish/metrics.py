@@ -188,6 +188,40 @@ class MetricSet:
                 else:
                     self.fn_sums[name].add_(_scalar(value, name).detach(), alpha=size)
 
+    def state_dict(self) -> dict[str, Any]:
+        """The pass so far (sums, counts, each stateful metric's state), for a run state written within a pass.
+
+        Raises:
+            ValueError: a stateful metric keeps its state where kerasish cannot read it (see :meth:`check_saveable`).
+        """
+        self.check_saveable()
+        return {
+            "loss_sum": self.loss_sum,
+            "samples": self.samples,
+            "labelled": self.labelled,
+            "fn_sums": dict(self.fn_sums),
+            "stateful": {name: _metric_state(metric) for name, metric in self.stateful.items()},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Goes on with a pass from what :meth:`state_dict` returned."""
+        self.loss_sum = state["loss_sum"].to(self.device, self.dtype)
+        self.samples, self.labelled = state["samples"], state["labelled"]
+        self.fn_sums = {name: total.to(self.device, self.dtype) for name, total in state["fn_sums"].items()}
+        for name, metric in self.stateful.items():
+            _load_metric_state(metric, state["stateful"][name], self.device)
+
+    def check_saveable(self) -> None:
+        """Raises when a stateful metric's state cannot be saved within a pass: neither torchmetrics' nor a
+        ``state_dict()`` / ``load_state_dict()`` of its own (an ``nn.Module`` metric has them)."""
+        for name, metric in self.stateful.items():
+            if not isinstance(metric, Metric) and not callable(getattr(metric, "load_state_dict", None)):
+                raise ValueError(
+                    f"metrics_dict[{name!r}] ({type(metric).__name__}) keeps its state where kerasish cannot save it "
+                    "within a pass (state_every_n_steps); give it state_dict() and load_state_dict(), make it a "
+                    "torchmetrics Metric or an nn.Module, or save the state at epoch ends only"
+                )
+
     def running_loss(self) -> float:
         """The mean loss so far. A host sync: for throttled progress displays only."""
         return (self.loss_sum / max(self.samples, 1)).item()
@@ -271,6 +305,23 @@ def _own_copy(metric: StatefulMetric, device: torch.device, distributed: bool) -
         own.sync_on_compute = False
         own._to_sync = False
     return own
+
+
+def _metric_state(metric: Any) -> dict[str, Any]:
+    if isinstance(metric, Metric):  # its states are not in state_dict (persistent=False): read them by name
+        return {"state": dict(metric.metric_state), "updates": metric._update_count}
+    return {"state_dict": metric.state_dict()}
+
+
+def _load_metric_state(metric: Any, saved: dict[str, Any], device: torch.device) -> None:
+    if not isinstance(metric, Metric):
+        metric.load_state_dict(saved["state_dict"])
+        return
+    for name, value in saved["state"].items():
+        moved = [item.to(device) for item in value] if isinstance(value, list) else value.to(device)
+        setattr(metric, name, moved)
+    metric._update_count = saved["updates"]
+    metric._computed = None
 
 
 def _has_update(metric: Any) -> bool:

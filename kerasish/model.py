@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -202,6 +203,7 @@ class KerasModel:
         quiet: bool | None = None,
         steps_per_epoch: int | None = None,
         validation_steps: int | None = None,
+        state_every_n_steps: int | None = None,
     ) -> pd.DataFrame:
         """Trains for up to ``epochs`` epochs and leaves the best epoch's weights in the net.
 
@@ -248,6 +250,9 @@ class KerasModel:
                 endless ``IterableDataset`` trains. ``None``: an epoch is one pass. See :mod:`kerasish.cursor`.
             validation_steps: the val pass reads at most this many batches (its numbers then cover those only);
                 ``None``: the whole val data.
+            state_every_n_steps: also write the run state to ``state_path`` after every this many optimizer steps,
+                within a pass; ``resume=True`` then goes on from the exact batch where it was written, without
+                reading the batches before it again (see :mod:`kerasish.cursor`). ``None``: at epoch ends only.
 
         Returns:
             The history, one row per finished epoch (also kept as ``self.history``): ``epoch``, ``train_loss``,
@@ -279,14 +284,16 @@ class KerasModel:
         watched = Monitor(monitor, mode, min_delta, delta_mode)
         columns, watched = check_fit_args(self, train_data, val_data, epochs=epochs, monitor=watched, verbose=verbose)
         epochs, restore_best_weights = int(epochs), flag(restore_best_weights, "restore_best_weights")
-        steps_per_epoch, validation_steps = check_long_run_args(steps_per_epoch, validation_steps, val_data)
+        steps_per_epoch, validation_steps, state_every = check_long_run_args(
+            steps_per_epoch, validation_steps, val_data, state_every_n_steps, state_path
+        )
         train_loader = self.strategy.train_loader(train_data, "train_data")
         val_loader = None if val_data is None else self.strategy.eval_loader(val_data, "val_data")[0]
         cursor = make_cursor(
             train_loader,
             steps_per_epoch=steps_per_epoch,
             strategy=self.strategy,
-            saves_positions=state_path is not None and steps_per_epoch is not None,
+            saves_positions=state_path is not None and (steps_per_epoch is not None or state_every is not None),
         )
         builtins = fit_callbacks(
             watched,
@@ -302,6 +309,8 @@ class KerasModel:
             self.optimizer = default_optimizer(self.net)
         check_schedule(self, steps_per_epoch or runners.loader_length(train_loader), epochs=epochs, resume=resume)
         train_pass = self._epoch_runner("train", callbacks, verbose)
+        if state_every is not None:
+            train_pass.step_runner.metrics.check_saveable()
         val_pass = None if val_data is None else self._epoch_runner("val", callbacks, verbose)
         history = History(columns, monitor=watched, directions=directions(columns, self.metrics_dict))
         run = RunState.open(
@@ -322,8 +331,11 @@ class KerasModel:
         try:
             first_epoch = run.restore(epochs=epochs, verbose=verbose)
             for epoch in range(first_epoch, epochs + 1):
-                callbacks.call("on_epoch_begin", self, {"epoch": epoch})
-                logs = self._epoch(epoch, epochs, (train_pass, cursor), (val_pass, val_loader, validation_steps))
+                carried = run.carried(epoch)  # saved within this epoch, after its on_epoch_begin
+                if carried is None:
+                    callbacks.call("on_epoch_begin", self, {"epoch": epoch})
+                train = (train_pass, cursor, carried, (run, state_every))
+                logs = self._epoch(epoch, epochs, train, (val_pass, val_loader, validation_steps))
                 history.append(logs)
                 warned_nan = warned_nan or warn_non_finite(logs)
                 if verbose:
@@ -502,10 +514,14 @@ class KerasModel:
 
     def _epoch(self, epoch: int, epochs: int, train: tuple, val: tuple) -> dict[str, Any]:
         """One epoch's train and val passes: its history row, as the callbacks' ``on_epoch_end`` gets it."""
-        (train_pass, cursor), (val_pass, val_loader, validation_steps) = train, val
-        lr = self._lr()
-        batches = cursor.batches(epoch)
-        logs = {"epoch": epoch, **train_pass(batches, epoch=epoch, epochs=epochs, total=cursor.total())}
+        (train_pass, cursor, carried, (run, every)), (val_pass, val_loader, validation_steps) = train, val
+        lr = self._lr() if carried is None else carried["lr"]
+        batches = cursor.batches(epoch, done=0 if carried is None else carried["batches"])
+        checkpoint = None if every is None else functools.partial(run.save_within, epochs=epochs, epoch=epoch, lr=lr)
+        train_logs = train_pass(
+            batches, epoch=epoch, epochs=epochs, total=cursor.total(), checkpoint=checkpoint, checkpoint_every=every
+        )
+        logs = {"epoch": epoch, **train_logs}
         seconds = train_pass.seconds
         if val_pass is not None:
             val_batches, total = val_loader, None

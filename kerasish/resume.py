@@ -192,6 +192,8 @@ class RunState:
         self.generators = loader_generators(loader)
         self.val_generators = loader_generators(val_loader)
         self.cursor = cursor
+        self.runner = runner
+        self.resumed: dict[str, Any] | None = None  # the epoch a resumed run goes on with, if saved within it
         self.history_columns = HistoryColumns(path)
 
     @classmethod
@@ -245,26 +247,56 @@ class RunState:
         self._load(saved)
         if verbose:
             say(_resume_line(saved, self.path, epochs), self.model)
-        return epochs + 1 if saved["finished"] == "stopped" else saved["epoch"] + 1
+        if saved["finished"] == "stopped":
+            return epochs + 1
+        within = saved.get("in_epoch")
+        if within is None:
+            return saved["epoch"] + 1
+        mine = saved["ranks"][self.model.rank] if "ranks" in saved else saved
+        self.runner.carry = {
+            "metrics": mine["pass_metrics"],
+            "batches": within["batches"],
+            "seconds": within["seconds"],
+        }
+        self.runner.step_runner.optimizer_steps = within["optimizer_steps"]
+        self.resumed = within
+        return within["epoch"]
+
+    def carried(self, epoch: int) -> dict[str, Any] | None:
+        """What a resumed run brings to ``epoch`` when its state was saved within it: batches, seconds, ``lr``."""
+        return self.resumed if self.resumed is not None and self.resumed["epoch"] == epoch else None
+
+    def save_within(self, batches: int, seconds: float, *, epochs: int, epoch: int, lr: float) -> None:
+        """Writes the run's state within epoch ``epoch``, after its ``batches``-th train batch (an optimizer step).
+
+        Besides what :meth:`save` writes: where the train data is, and the pass's sums so far (every rank's).
+        """
+        within = {"epoch": epoch, "lr": lr, "batches": batches, "seconds": seconds}
+        self._write(epochs, {**within, "optimizer_steps": self.runner.step_runner.optimizer_steps})
 
     def save(self, *, epochs: int) -> None:
         """Writes the run's state (after an epoch's callbacks and scheduler step) atomically to the path, if any.
 
         Data-parallel, every rank sends its random states to rank 0 (one collective), which writes the file.
         """
+        self._write(epochs, None)
+
+    def _write(self, epochs: int, within: dict[str, Any] | None) -> None:
         if self.path is None:
             return
-        ranks = self.model.strategy.gather_objects(self._rank_state())
+        ranks = self.model.strategy.gather_objects(self._rank_state(within))
         if not self.model.is_main_process:
             return
-        state = self._state(epochs, ranks)
+        state = self._state(epochs, ranks, within)
         check_storable(state, self.path)
         # Filled in after the check: each history row was checked once, when it first came in.
         state["history"] = self.history_columns.update(self.history.rows)
         atomic_save(state, self.path)
 
-    def _rank_state(self) -> dict[str, Any]:
+    def _rank_state(self, within: dict[str, Any] | None) -> dict[str, Any]:
+        pass_metrics = {} if within is None else {"pass_metrics": self.runner.step_runner.metrics.state_dict()}
         return {
+            **pass_metrics,
             "rng": rng_states(),
             "loader_generators": [generator.get_state() for generator in self.generators],
             "val_loader_generators": [generator.get_state() for generator in self.val_generators],
@@ -275,14 +307,14 @@ class RunState:
     def _positioned(self) -> bool:
         return self.cursor is not None and self.cursor.positioned
 
-    def _state(self, epochs: int, ranks: list[dict[str, Any]]) -> dict[str, Any]:
-        epoch = self.history.rows[-1]["epoch"]
+    def _state(self, epochs: int, ranks: list[dict[str, Any]], within: dict[str, Any] | None) -> dict[str, Any]:
+        epoch = self.history.rows[-1]["epoch"] if self.history.rows else 0
         model, scheduler = self.model, self.model.lr_scheduler
         return {
             "version": STATE_VERSION,
             "epoch": epoch,
             "epochs": epochs,
-            "finished": "stopped" if model.stop_training else "epochs" if epoch >= epochs else None,
+            "finished": None if within else "stopped" if model.stop_training else "epochs" if epoch >= epochs else None,
             "columns": list(self.history.columns),
             "history": None,  # see save
             "net": model.net.state_dict(),
@@ -293,6 +325,7 @@ class RunState:
             "grad_scaler": None if self.scaler is None else self.scaler.state_dict(),
             "callbacks": self._callback_states(),
             "steps_per_epoch": None if self.cursor is None else self.cursor.steps_per_epoch,
+            **({} if within is None else {"in_epoch": within}),
             **ranks[0],
             "world_size": len(ranks),
             **({"ranks": ranks} if len(ranks) > 1 else {}),

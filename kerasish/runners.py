@@ -293,21 +293,38 @@ class EpochRunner:
         self.callbacks = callbacks or CallbackList()
         self.verbose = verbose
         self.seconds = 0.0
+        self.carry: dict[str, Any] | None = None
 
     def __call__(
-        self, loader: Iterable, *, epoch: int | None = None, epochs: int | None = None, total: int | None = None
+        self,
+        loader: Iterable,
+        *,
+        epoch: int | None = None,
+        epochs: int | None = None,
+        total: int | None = None,
+        checkpoint: Callable[[int, float], None] | None = None,
+        checkpoint_every: int | None = None,
     ) -> dict[str, float]:
         """Runs the pass; returns ``{"<stage>_loss": ..., "<stage>_<metric>": ...}``.
 
         ``total`` is the number of batches the pass will run, for the progress bar, when ``loader`` has no length
         of its own (an epoch of ``steps_per_epoch`` batches); ``None``: the loader's length, if it has one.
+        ``checkpoint(batches, seconds)`` is called after every ``checkpoint_every``-th optimizer step (after that
+        batch's hooks), to write the run state within the pass. A pass that a resumed run goes on with starts from
+        :attr:`carry` (its sums so far, batches and seconds), which the run state sets.
 
         Raises:
             ValueError: the loader yielded no batches (data-parallel: on no rank).
         """
         start = time.perf_counter()
         metrics = self.step_runner.metrics
-        metrics.reset()
+        carry, self.carry = self.carry, None
+        done = 0 if carry is None else carry["batches"]
+        if carry is None:
+            metrics.reset()
+        else:
+            metrics.load_state_dict(carry["metrics"])
+            start -= carry["seconds"]
         begin_hook, end_hook = f"on_{self.stage}_batch_begin", f"on_{self.stage}_batch_end"
         call_begin, call_end = self.callbacks.overrides(begin_hook), self.callbacks.overrides(end_hook)
         # Data-parallel, a batch hook's stop waits for the epoch's end: a rank leaving its pass early would leave the
@@ -319,10 +336,10 @@ class EpochRunner:
             total=loader_length(loader) if total is None else total,
             read_loss=metrics.running_loss,
         )
-        batches = 0
+        batches, stepped = done, self.step_runner.optimizer_steps
         with pass_mode(self.step_runner.net, training=self.stage == "train"):
             try:
-                for batches, batch in enumerate(loader, start=1):
+                for batches, batch in enumerate(loader, start=done + 1):
                     if call_begin:
                         self.callbacks.call(begin_hook, self.model, {"epoch": epoch, "batch": batches - 1})
                     loss, size = self.step_runner(batch)
@@ -334,6 +351,10 @@ class EpochRunner:
                     # pass always runs whole, so the epoch's row is complete even when the fit is stopping.
                     if may_stop and (call_begin or call_end) and getattr(self.model, "stop_training", False):
                         break
+                    if checkpoint_every and self.step_runner.optimizer_steps != stepped:
+                        stepped = self.step_runner.optimizer_steps
+                        if stepped % checkpoint_every == 0:
+                            checkpoint(batches, time.perf_counter() - start)
                 if self.stage == "train":
                     self.step_runner.finish_pass()
             finally:

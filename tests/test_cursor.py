@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset
+from torchmetrics import MeanSquaredError
 
 from kerasish import Callback, KerasModel
 
@@ -136,3 +137,63 @@ def test_a_different_steps_per_epoch_on_resume_is_refused(tmp_path):
     with pytest.raises(ValueError, match=r"the saved run's steps_per_epoch were 3, this fit's are 4"):
         model_with_dropout().fit(shuffled(Counted()), epochs=4, steps_per_epoch=4, state_path=tmp_path / "s.pt",
                                  resume=True, verbose=0)  # fmt: skip
+
+
+# --- the run state written within a pass: state_every_n_steps ------------------------------------------------------
+
+
+class Interrupt(Callback):
+    """Raises KeyboardInterrupt before train batch ``at`` (0-based, over the whole fit) would train."""
+
+    def __init__(self, at: int) -> None:
+        self.at, self.seen = at, 0
+
+    def on_train_batch_begin(self, model, logs):
+        if self.seen == self.at:
+            raise KeyboardInterrupt
+        self.seen += 1
+
+
+def accuracy_like(preds, labels):
+    return (preds - labels).abs().mean()
+
+
+accuracy_like.higher_is_better = False
+
+
+def within_pass_model(seed: int = 0) -> KerasModel:
+    torch.manual_seed(seed)
+    net = nn.Sequential(nn.Linear(3, 8), nn.ReLU(), nn.Dropout(0.2), nn.Linear(8, 1))
+    metrics = {"mae": accuracy_like, "mse": MeanSquaredError()}
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.05)
+    return KerasModel(net, nn.MSELoss(), metrics, optimizer, accumulate_grad_batches=2, device="cpu")
+
+
+@pytest.mark.parametrize(("steps_per_epoch", "cut"), [(None, 11), (5, 7)])
+def test_a_run_saved_within_a_pass_goes_on_from_that_batch_bit_for_bit(tmp_path, steps_per_epoch, cut):
+    # 7 batches a pass, a window of 2 batches a step (a pass's short last window stepped at its end), a state
+    # every 2 steps. The first run is cut before batch ``cut`` (0-based) would train: just after the state written
+    # within epoch 2, with that batch read but not trained.
+    fit_args = {"epochs": 3, "steps_per_epoch": steps_per_epoch, "state_every_n_steps": 2, "verbose": 0}
+    val = [(X[:10], Y[:10])]
+    whole_data = Counted()
+    whole = within_pass_model()
+    expected = whole.fit(shuffled(whole_data), val, state_path=tmp_path / "whole.pt", **fit_args)
+
+    first_data, second_data = Counted(), Counted()
+    with pytest.raises(KeyboardInterrupt):
+        within_pass_model().fit(shuffled(first_data), val, state_path=tmp_path / "cut.pt",
+                                callbacks=[Interrupt(at=cut)], **fit_args)  # fmt: skip
+    saved = torch.load(tmp_path / "cut.pt", weights_only=True)
+    assert (saved["epoch"], saved["in_epoch"]["epoch"]) == (1, 2)
+    resumed = within_pass_model()
+    history = resumed.fit(shuffled(second_data), val, state_path=tmp_path / "cut.pt", resume=True,
+                          callbacks=[Interrupt(at=-1)], **fit_args)  # fmt: skip
+
+    assert history.drop(columns="time").equals(expected.drop(columns="time"))
+    for mine, theirs in zip(resumed.net.state_dict().values(), whole.net.state_dict().values(), strict=True):
+        assert torch.equal(mine, theirs)
+    trained_before = len(whole_data.reads) - len(second_data.reads)
+    assert second_data.reads == whole_data.reads[trained_before:]  # the resumed run reads only what was left ...
+    assert first_data.reads[:trained_before] == whole_data.reads[:trained_before]
+    assert 0 < len(first_data.reads) - trained_before <= 6  # ... and the cut run had read one batch past its state
