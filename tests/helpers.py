@@ -101,11 +101,19 @@ def tagged_linear(features: int = 3) -> nn.Module:
     return net
 
 
-def launch(arguments: list[str], *, logs: Path, env: dict[str, str] | None = None, timeout: float = 180) -> None:
+def launch(
+    arguments: list[str],
+    *,
+    logs: Path,
+    env: dict[str, str] | None = None,
+    timeout: float = 180,
+    expect_failure: bool = False,
+) -> None:
     """Runs ``torchrun --standalone --nproc_per_node=2 ARGUMENTS``, each rank's output under ``logs``.
 
     torchrun and every rank are killed if they outlive ``timeout`` seconds: a rank left waiting in a collective
-    would otherwise block for gloo's own timeout, 30 minutes. A failure shows torchrun's output and every rank's.
+    would otherwise block for gloo's own timeout, 30 minutes. A failure shows torchrun's output and every rank's;
+    with ``expect_failure`` (a run that kills a rank on purpose), success is the failure.
     """
     command = [
         *(sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"),
@@ -121,6 +129,10 @@ def launch(arguments: list[str], *, logs: Path, env: dict[str, str] | None = Non
         kill_tree(process.pid)
         process.communicate()
         pytest.fail(f"torchrun {arguments} did not finish in {timeout} s: a rank was left waiting")
+    if expect_failure:
+        if process.returncode == 0:
+            pytest.fail(f"torchrun {arguments} was meant to fail, and succeeded")
+        return
     if process.returncode != 0:
         ranks = "\n".join(path.read_text() for path in sorted(logs.rglob("std*.log")))
         pytest.fail(f"torchrun {arguments} failed ({process.returncode}):\n{output.decode()[-3000:]}\n{ranks[-6000:]}")
