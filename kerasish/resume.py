@@ -15,7 +15,11 @@ dict that ``torch.load(..., weights_only=True)`` reads back):
   a sampler's);
 - ``world_size``: how many processes trained (absent from files of earlier kerasish versions: 1), and, when more than
   one, ``ranks``: each rank's ``{"rng", "loader_generators", "val_loader_generators"}``, so each resumes its own
-  random streams (dropout).
+  random streams (dropout);
+- ``steps_per_epoch``, and where positions are saved (:mod:`kerasish.cursor`) each rank's ``cursor``: passes started,
+  batches taken from the current one and the random states at its start;
+- written within a pass (``state_every_n_steps``), ``in_epoch``: the epoch in progress, its batches, seconds,
+  starting ``lr`` and the optimizer steps so far, and each rank's ``pass_metrics``: the pass's sums so far.
 
 Version 1 files (earlier kerasish) are still read: their history is a list of row dicts, and they lack the classes
 and the val loader's generators, so those are neither checked nor restored.
