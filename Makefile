@@ -1,9 +1,10 @@
 # Developer entry points. VENV can be overridden: `make test VENV=.ci-venv`.
 VENV ?= .venv
 PYTHON ?= python3
-# What the venv holds: the dev tools (tests, linters, notebooks, plot and tensorboard extras), or only what the demos
-# need (kerasish and scikit-learn: a third of the packages, though torch, the bulk of the time, is in both). The dev
-# set includes the demo's, so in a dev venv the dev stamp stands for both, and `make demo` installs nothing more.
+# What the venv holds: the dev tools (tests, linters, notebooks, the plot, tensorboard and stateful extras), or only
+# what the demos need (kerasish and scikit-learn: a third of the packages, though torch, the bulk of the time, is in
+# both). The dev set includes the demo's, so in a dev venv the dev stamp stands for both, and `make demo` installs
+# nothing more.
 DEV_STAMP := $(VENV)/.installed
 DEMO_STAMP := $(if $(wildcard $(DEV_STAMP)),$(DEV_STAMP),$(VENV)/.installed-demo)
 LINT_PATHS := kerasish tests examples benchmarks notebooks

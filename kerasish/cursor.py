@@ -11,8 +11,21 @@ When the run state is saved at a point inside a pass (``state_every_n_steps``, o
 starts (which reads no data, and draws from the random generators exactly as the loader would), and a resumed run
 lays out the same pass again from the random states saved at its start, then skips the batches already trained on at
 the index level, so no consumed sample is read again. That works for a ``DataLoader`` over a map-style data set with
-any sampler (sequential, shuffled with a generator, ``DistributedSampler``) and for a list of batches; anything
-else is refused when a position must be saved.
+any sampler (sequential, shuffled with a generator, ``DistributedSampler``) and for a list of batches.
+
+A loader that keeps its own position, with ``state_dict`` and ``load_state_dict`` (torchdata's
+``StatefulDataLoader``, map-style or over an ``IterableDataset``, or anything like it), is not laid out: the state
+holds the loader's ``state_dict()``, taken after the last batch trained on, and a resumed run hands it to
+``load_state_dict`` before it asks the loader for an iterator, which goes on from the next batch (how much data that
+reads again is the loader's: a ``StatefulDataLoader`` skips a sampler's indices unread, and an iterable data set
+with a ``state_dict`` of its own resumes from it). A ``DistributedSampler`` in it is given ``set_epoch`` of the
+pass's number before each pass, and before a resumed pass goes on. Between two passes the loader's state is that of
+a pass that has ended, which a ``StatefulDataLoader`` given it back would replay before starting the next, its
+shuffling sampler's generator put back to the ended pass's start, so that the next pass would be shuffled otherwise
+than in the uninterrupted run. There the state holds only the data set's ``state_dict()``, if it has one, and the
+next pass starts afresh from the generators as the run state restores them.
+
+Anything else is refused when a position must be saved.
 """
 
 from __future__ import annotations
@@ -71,8 +84,8 @@ def make_cursor(loader: Iterable, *, steps_per_epoch: int | None, strategy: Any,
     """The fit's :class:`TrainCursor`; positioned when the run state must say where in a pass the fit is.
 
     Raises:
-        ValueError: a position must be saved, but ``loader`` cannot be laid out by index (an ``IterableDataset``'s
-            loader, a generator).
+        ValueError: a position must be saved, but ``loader`` neither can be laid out by index nor keeps its own
+            position (a plain ``DataLoader`` over an ``IterableDataset``, a generator).
     """
     if saves_positions and not positionable(loader):
         kind = (
@@ -83,16 +96,26 @@ def make_cursor(loader: Iterable, *, steps_per_epoch: int | None, strategy: Any,
         raise ValueError(
             f"train_data is {kind}, whose position within a pass cannot be saved, and this fit saves one "
             "(state_path with steps_per_epoch or state_every_n_steps); resume needs a DataLoader over a map-style "
-            "dataset (any sampler) or a list of batches, or fit without state_path"
+            "dataset (any sampler), a list of batches, or a loader with state_dict and load_state_dict (torchdata's "
+            "StatefulDataLoader), or fit without state_path"
         )
     return TrainCursor(loader, steps_per_epoch=steps_per_epoch, strategy=strategy, positioned=saves_positions)
 
 
 def positionable(loader: Any) -> bool:
-    """Whether the cursor can lay out ``loader``'s passes by index: a map-style ``DataLoader`` or a list of batches."""
-    if isinstance(loader, (list, tuple)):
+    """Whether the cursor can save and restore a position in ``loader``'s passes.
+
+    Three kinds can: a loader that keeps its own position (:func:`keeps_state`: torchdata's ``StatefulDataLoader``),
+    a ``DataLoader`` over a map-style data set, and a list of batches (the last two laid out by index).
+    """
+    if isinstance(loader, (list, tuple)) or keeps_state(loader):
         return True
     return isinstance(loader, DataLoader) and not isinstance(loader.dataset, IterableDataset)
+
+
+def keeps_state(part: Any) -> bool:
+    """Whether ``part`` (a loader, a data set) has callable ``state_dict`` and ``load_state_dict``."""
+    return callable(getattr(part, "state_dict", None)) and callable(getattr(part, "load_state_dict", None))
 
 
 class TrainCursor:
@@ -102,8 +125,9 @@ class TrainCursor:
         loader: the train loader (data-parallel: already given its ``DistributedSampler``).
         steps_per_epoch: batches per epoch, carried over between epochs; ``None``: one pass per epoch.
         strategy: the model's :class:`~kerasish.distributed.Strategy` (``set_epoch`` before each pass).
-        positioned: lay each pass out by index, so that :meth:`state` can say where the fit is and
-            :meth:`restore` can go on from there (see the module's docstring).
+        positioned: lay each pass out by index (or, for a loader that :func:`keeps_state`, ask it), so that
+            :meth:`state` can say where the fit is and :meth:`restore` can go on from there (see the module's
+            docstring).
     """
 
     def __init__(self, loader: Iterable, *, steps_per_epoch: int | None, strategy: Any, positioned: bool) -> None:
@@ -116,6 +140,7 @@ class TrainCursor:
         self._iterator: Iterator | None = None
         self._pass_start: dict[str, Any] | None = None
         self._generators = loader_generators(loader)
+        self._own_state = positioned and keeps_state(loader)  # the loader says where it is; nothing is laid out
 
     def batches(self, epoch: int, done: int = 0) -> Iterable:
         """The epoch's train batches: the loader itself for a whole pass, else a stream of the epoch's batches.
@@ -163,15 +188,12 @@ class TrainCursor:
         self.passes += 1
         self.position = 0
         self.strategy.set_epoch(self.loader, self.passes)
-        if self.positioned:
-            self._pass_start = {
-                "torch": torch.get_rng_state(),
-                "generators": [generator.get_state() for generator in self._generators],
-            }
+        if self.positioned and not self._own_state:
+            self._pass_start = self._rng_now()
         self._iterator = self._pass_iterator(skip=0)
 
     def _pass_iterator(self, skip: int) -> Iterator:
-        if not self.positioned:
+        if not self.positioned or self._own_state:
             return iter(self.loader)
         if isinstance(self.loader, (list, tuple)):
             return iter(self.loader[skip:])
@@ -184,30 +206,75 @@ class TrainCursor:
         return iter(DataLoader(loader.dataset, batch_sampler=FixedBatches(batches[skip:]), **settings))
 
     def state(self) -> dict[str, Any]:
-        """Where the fit is: passes started, batches taken from the current one, the random states at its start."""
+        """Where the fit is: passes started, batches taken from the current one, and how to lay it out again.
+
+        That is the random states at the pass's start (``pass_start``), or for a loader that keeps its own position,
+        its ``state_dict()`` (``loader``) within a pass, and its data set's (``dataset``, if it has one) between two.
+        """
         in_pass = self._iterator is not None
-        return {
+        state = {
             "passes": self.passes,
             "position": self.position if in_pass else 0,
             "pass_start": self._pass_start if in_pass else None,
         }
+        if self._own_state:
+            dataset = getattr(self.loader, "dataset", None)
+            state["loader"] = self.loader.state_dict() if in_pass else None
+            state["dataset"] = dataset.state_dict() if not in_pass and keeps_state(dataset) else None
+        return state
 
     def restore(self, state: dict[str, Any]) -> None:
-        """Goes on from a saved :meth:`state`: the same pass laid out again, its taken batches skipped unread.
+        """Goes on from a saved :meth:`state`: the pass laid out again, its taken batches skipped, or the loader's own.
 
         The random states are put back as they were at the pass's start for the layout, then restored to what they
-        are now, so the run goes on with the states it was given.
+        are now, so the run goes on with the states it was given (and so are any the loader draws from for its
+        iterator).
+
+        Raises:
+            ValueError: the state was saved with a loader that keeps its own position and this one does not, or the
+                other way round.
         """
+        self._check_kind(state)
         self.passes, self.position = state["passes"], state["position"]
+        if self._own_state:
+            self._restore_loader(state)
+            return
         if state["pass_start"] is None:
             self._iterator = None
             return
-        now = {"torch": torch.get_rng_state(), "generators": [g.get_state() for g in self._generators]}
+        now = self._rng_now()
         self._set_rng(state["pass_start"])
         self.strategy.set_epoch(self.loader, self.passes)
         self._pass_start = state["pass_start"]
         self._iterator = self._pass_iterator(skip=self.position)
         self._set_rng(now)
+
+    def _restore_loader(self, state: dict[str, Any]) -> None:
+        """Goes on from a loader's own saved state: within a pass, from its next batch; between two, at a new pass."""
+        if state["loader"] is None:
+            if state["dataset"] is not None:
+                self.loader.dataset.load_state_dict(state["dataset"])
+            self._iterator = None
+            return
+        now = self._rng_now()
+        # A DistributedSampler's order depends on the epoch: the pass goes on in the order it began in.
+        self.strategy.set_epoch(self.loader, self.passes)
+        self.loader.load_state_dict(state["loader"])
+        self._iterator = iter(self.loader)
+        self._set_rng(now)
+
+    def _check_kind(self, state: dict[str, Any]) -> None:
+        if ("loader" in state) == self._own_state:
+            return
+        saved, this = ("keeps", "does not") if "loader" in state else ("does not keep", "does")
+        raise ValueError(
+            f"the saved run's train_data {saved} its own position (state_dict and load_state_dict, as torchdata's "
+            f"StatefulDataLoader does) and this fit's, a {type(self.loader).__name__}, {this}; resume with the same "
+            "kind of train_data"
+        )
+
+    def _rng_now(self) -> dict[str, Any]:
+        return {"torch": torch.get_rng_state(), "generators": [generator.get_state() for generator in self._generators]}
 
     def _set_rng(self, states: dict[str, Any]) -> None:
         torch.set_rng_state(states["torch"])

@@ -84,14 +84,15 @@ def test_the_metadata_names_the_package_its_version_and_what_it_needs(wheel):
     assert (meta["Name"], meta["Version"]) == ("kerasish", kerasish.__version__)
     assert meta["License-Expression"] == "MIT"
     assert requirements(wheel) == {"torch", "torchmetrics", "pandas", "tqdm"}
-    assert set(meta.get_all("Provides-Extra")) == {"demo", "dev", "plot", "tensorboard"}
+    assert set(meta.get_all("Provides-Extra")) == {"demo", "dev", "plot", "stateful", "tensorboard"}
     assert requirements(wheel, "plot") == {"matplotlib"}
     assert requirements(wheel, "tensorboard") == {"tensorboard"}
     assert requirements(wheel, "demo") == {"scikit-learn"}
+    assert requirements(wheel, "stateful") == {"torchdata"}
 
 
 def test_the_dev_extra_holds_every_other_one(wheel):
     # The Makefile counts a dev venv as a demo venv too, and the test suite draws plots and writes TensorBoard files.
     dev = requirements(wheel, "dev")
-    for extra in ("demo", "plot", "tensorboard"):
+    for extra in ("demo", "plot", "stateful", "tensorboard"):
         assert requirements(wheel, extra) <= dev, extra
