@@ -7,14 +7,17 @@ and when it is exhausted a new pass starts (reshuffled as a fresh pass would be;
 of the pass's number). That is how an endless ``IterableDataset`` trains.
 
 When the run state is saved at a point inside a pass (``state_every_n_steps``, or any epoch end with
-``steps_per_epoch``), the cursor is *positioned*: it lays out each pass's batches as lists of indices before the pass
-starts (which reads no data, and draws from the random generators exactly as the loader would), and a resumed run
-lays out the same pass again from the random states saved at its start, then skips the batches already trained on at
-the index level, so no consumed sample is read again. That works for a ``DataLoader`` over a map-style data set with
-any sampler (sequential, shuffled with a generator, ``DistributedSampler``) and for a list of batches.
+``steps_per_epoch``), the cursor is *positioned*: it notes the random states at each pass's start and counts the
+batches taken; the pass itself is the loader's own, so a positioned fit trains on exactly what an unpositioned one
+does. A resumed run puts the pass-start states back, builds the same loader around the loader's own sampler (or
+batch sampler) with the taken batches dropped (:class:`SkipFirst`), makes it draw its seed and its order as the
+original pass did, then goes on with the random states of the moment it was saved: the same batches in the same
+order from the next one on, the consumed ones skipped at the index level, never read again. That works for a
+``DataLoader`` over a map-style data set with any sampler (sequential, shuffled with a generator,
+``DistributedSampler``) and for a list of batches.
 
 A loader that keeps its own position, with ``state_dict`` and ``load_state_dict`` (torchdata's
-``StatefulDataLoader``, map-style or over an ``IterableDataset``, or anything like it), is not laid out: the state
+``StatefulDataLoader``, map-style or over an ``IterableDataset``, or anything like it), is not rebuilt: the state
 holds the loader's ``state_dict()``, taken after the last batch trained on, and a resumed run hands it to
 ``load_state_dict`` before it asks the loader for an iterator, which goes on from the next batch (how much data that
 reads again is the loader's: a ``StatefulDataLoader`` skips a sampler's indices unread, and an iterable data set
@@ -30,7 +33,7 @@ Anything else is refused when a position must be saved.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
@@ -40,22 +43,38 @@ from kerasish.checks import integer
 from kerasish.sharding import KEPT_SETTINGS
 from kerasish.state_parts import loader_generators
 
-# A loader laid out by index keeps these settings; its batches come from the lists, so batch_size, shuffle, sampler
-# and drop_last go.
+# A loader rebuilt to go on with a pass keeps these settings; its batches come from SkipFirst, so batch_size, shuffle,
+# sampler and drop_last go.
 _KEPT = tuple(name for name in KEPT_SETTINGS if name not in ("batch_size", "drop_last"))
 
 
-class FixedBatches(Sampler[list[int]]):
-    """A batch sampler that yields the given lists of indices, in order: one pass, laid out beforehand."""
+class SkipFirst(Sampler):
+    """A loader's own sampler or batch sampler with its first ``skip`` items dropped, unread: a pass gone on with.
 
-    def __init__(self, batches: Sequence[list[int]]) -> None:
-        self.batches = batches
+    The source is iterated step by step, as the loader itself iterates it, so it draws its random numbers at the
+    same points: its order when its first item is asked for (:meth:`start` asks at once, for a resumed pass whose
+    random states move on right after), and whatever it draws when it runs out (a ``RandomSampler`` draws once more
+    there) when the pass ends.
+    """
 
-    def __iter__(self) -> Iterator[list[int]]:
-        return iter(self.batches)
+    def __init__(self, source: Iterable, skip: int) -> None:
+        self.source, self.skip = source, skip
+        self._iterator: Iterator | None = None
+
+    def start(self) -> None:
+        """Iterates the source past its first ``skip`` items, now (once)."""
+        if self._iterator is None:
+            self._iterator = iter(self.source)
+            for _ in range(self.skip):
+                next(self._iterator)
+
+    def __iter__(self) -> Iterator:
+        # A generator, like BatchSampler's: nothing is drawn until the first index is asked for.
+        self.start()
+        yield from self._iterator
 
     def __len__(self) -> int:
-        return len(self.batches)
+        return len(self.source) - self.skip
 
 
 def check_long_run_args(
@@ -84,8 +103,8 @@ def make_cursor(loader: Iterable, *, steps_per_epoch: int | None, strategy: Any,
     """The fit's :class:`TrainCursor`; positioned when the run state must say where in a pass the fit is.
 
     Raises:
-        ValueError: a position must be saved, but ``loader`` neither can be laid out by index nor keeps its own
-            position (a plain ``DataLoader`` over an ``IterableDataset``, a generator).
+        ValueError: a position must be saved, but ``loader`` neither can be rebuilt to skip batches by index nor
+            keeps its own position (a plain ``DataLoader`` over an ``IterableDataset``, a generator).
     """
     if saves_positions and not positionable(loader):
         kind = (
@@ -106,7 +125,7 @@ def positionable(loader: Any) -> bool:
     """Whether the cursor can save and restore a position in ``loader``'s passes.
 
     Three kinds can: a loader that keeps its own position (:func:`keeps_state`: torchdata's ``StatefulDataLoader``),
-    a ``DataLoader`` over a map-style data set, and a list of batches (the last two laid out by index).
+    a ``DataLoader`` over a map-style data set, and a list of batches (the last two rebuilt to skip batches by index).
     """
     if isinstance(loader, (list, tuple)) or keeps_state(loader):
         return True
@@ -140,7 +159,7 @@ class TrainCursor:
         self._iterator: Iterator | None = None
         self._pass_start: dict[str, Any] | None = None
         self._generators = loader_generators(loader)
-        self._own_state = positioned and keeps_state(loader)  # the loader says where it is; nothing is laid out
+        self._own_state = positioned and keeps_state(loader)  # the loader says where it is; nothing is rebuilt
 
     def batches(self, epoch: int, done: int = 0) -> Iterable:
         """The epoch's train batches: the loader itself for a whole pass, else a stream of the epoch's batches.
@@ -193,17 +212,23 @@ class TrainCursor:
         self._iterator = self._pass_iterator(skip=0)
 
     def _pass_iterator(self, skip: int) -> Iterator:
-        if not self.positioned or self._own_state:
+        """The pass from batch ``skip`` on; a fresh pass is the loader's own iterator, drawing as it always does."""
+        if skip == 0 or self._own_state:
             return iter(self.loader)
         if isinstance(self.loader, (list, tuple)):
             return iter(self.loader[skip:])
         loader: DataLoader = self.loader
         settings = {name: getattr(loader, name) for name in _KEPT if hasattr(loader, name)}
         if loader.batch_sampler is None:  # batch_size=None: the sampler's indices are the batches
-            indices = list(loader.sampler)
-            return iter(DataLoader(loader.dataset, sampler=indices[skip:], batch_size=None, **settings))
-        batches = list(loader.batch_sampler)
-        return iter(DataLoader(loader.dataset, batch_sampler=FixedBatches(batches[skip:]), **settings))
+            rest = SkipFirst(loader.sampler, skip)
+            iterator = iter(DataLoader(loader.dataset, sampler=rest, batch_size=None, **settings))
+        else:
+            rest = SkipFirst(loader.batch_sampler, skip)
+            iterator = iter(DataLoader(loader.dataset, batch_sampler=rest, **settings))
+        # Creating the iterator drew its seed, as the pass's own did; the order comes next, as it did then (a loader
+        # with workers has already asked for it).
+        rest.start()
+        return iterator
 
     def state(self) -> dict[str, Any]:
         """Where the fit is: passes started, batches taken from the current one, and how to lay it out again.
@@ -224,11 +249,11 @@ class TrainCursor:
         return state
 
     def restore(self, state: dict[str, Any]) -> None:
-        """Goes on from a saved :meth:`state`: the pass laid out again, its taken batches skipped, or the loader's own.
+        """Goes on from a saved :meth:`state`: the pass rebuilt, its taken batches skipped, or the loader's own.
 
-        The random states are put back as they were at the pass's start for the layout, then restored to what they
-        are now, so the run goes on with the states it was given (and so are any the loader draws from for its
-        iterator).
+        The random states are put back as they were at the pass's start for the rebuilt loader's draws, then
+        restored to what they are now, so the run goes on with the states it was given (and so are any the loader
+        draws from for its iterator).
 
         Raises:
             ValueError: the state was saved with a loader that keeps its own position and this one does not, or the

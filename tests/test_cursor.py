@@ -197,3 +197,11 @@ def test_a_run_saved_within_a_pass_goes_on_from_that_batch_bit_for_bit(tmp_path,
     assert second_data.reads == whole_data.reads[trained_before:]  # the resumed run reads only what was left ...
     assert first_data.reads[:trained_before] == whole_data.reads[:trained_before]
     assert 0 < len(first_data.reads) - trained_before <= 6  # ... and the cut run had read one batch past its state
+
+
+def test_saving_positions_changes_nothing_in_what_is_trained_on(tmp_path):
+    # The positioned cursor notes where it is; the passes are the loader's own, drawn in the loader's own order.
+    plain = within_pass_model().fit(shuffled(Counted()), epochs=3, steps_per_epoch=5, verbose=0)
+    saved = within_pass_model().fit(shuffled(Counted()), epochs=3, steps_per_epoch=5, state_every_n_steps=2,
+                                    state_path=tmp_path / "s.pt", verbose=0)  # fmt: skip
+    assert saved.drop(columns="time").equals(plain.drop(columns="time"))
