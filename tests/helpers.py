@@ -14,7 +14,7 @@ import pytest
 import torch
 from sklearn.datasets import load_digits
 from torch import nn
-from torch.utils.data import TensorDataset
+from torch.utils.data import Dataset, TensorDataset
 
 from kerasish import Callback
 
@@ -39,6 +39,37 @@ def regression_batches(n: int = 10, batch_size: int = 4, features: int = 3) -> l
     x = torch.randn(n, features)
     y = x @ torch.arange(1.0, features + 1).unsqueeze(1) + 0.5
     return [(x[i : i + batch_size], y[i : i + batch_size]) for i in range(0, n, batch_size)]
+
+
+# 40 samples of a noiseless linear target, shared by the long-run tests (kerasish.cursor).
+X40 = torch.randn(40, 3, generator=torch.Generator().manual_seed(0))
+Y40 = X40 @ torch.tensor([[1.0], [-2.0], [0.5]])
+
+
+class Counted(Dataset):
+    """The 40 samples of ``X40``/``Y40``; remembers every index read, in order, to show what a resume reads again."""
+
+    def __init__(self) -> None:
+        self.reads: list[int] = []
+
+    def __len__(self) -> int:
+        return len(X40)
+
+    def __getitem__(self, index: int):
+        self.reads.append(index)
+        return X40[index], Y40[index]
+
+
+class Interrupt(Callback):
+    """Raises KeyboardInterrupt, as Ctrl-C would, before train batch ``at`` (0-based, over the whole fit) trains."""
+
+    def __init__(self, at: int) -> None:
+        self.at, self.seen = at, 0
+
+    def on_train_batch_begin(self, model, logs):
+        if self.seen == self.at:
+            raise KeyboardInterrupt
+        self.seen += 1
 
 
 class Recorder(Callback):

@@ -11,23 +11,9 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 from torchmetrics import MeanSquaredError
 
 from kerasish import Callback, KerasModel
+from tests.helpers import X40, Y40, Counted, Interrupt
 
-X = torch.randn(40, 3, generator=torch.Generator().manual_seed(0))
-Y = X @ torch.tensor([[1.0], [-2.0], [0.5]])
-
-
-class Counted(Dataset):
-    """40 regression samples that count every __getitem__ and remember the order they were read in."""
-
-    def __init__(self) -> None:
-        self.reads: list[int] = []
-
-    def __len__(self) -> int:
-        return len(X)
-
-    def __getitem__(self, index: int):
-        self.reads.append(index)
-        return X[index], Y[index]
+X, Y = X40, Y40
 
 
 class Endless(IterableDataset):
@@ -140,18 +126,6 @@ def test_a_different_steps_per_epoch_on_resume_is_refused(tmp_path):
 
 
 # --- the run state written within a pass: state_every_n_steps ------------------------------------------------------
-
-
-class Interrupt(Callback):
-    """Raises KeyboardInterrupt before train batch ``at`` (0-based, over the whole fit) would train."""
-
-    def __init__(self, at: int) -> None:
-        self.at, self.seen = at, 0
-
-    def on_train_batch_begin(self, model, logs):
-        if self.seen == self.at:
-            raise KeyboardInterrupt
-        self.seen += 1
 
 
 def accuracy_like(preds, labels):

@@ -8,7 +8,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset
 from torchmetrics import MeanSquaredError
 
-from kerasish import Callback, KerasModel
+from kerasish import KerasModel
+from tests.helpers import X40, Y40, Counted, Interrupt
 
 stateful_dataloader = pytest.importorskip("torchdata.stateful_dataloader")
 StatefulDataLoader = stateful_dataloader.StatefulDataLoader
@@ -17,22 +18,7 @@ StatefulDataLoader = stateful_dataloader.StatefulDataLoader
 # UserWarning, once per loader); nothing to act on here.
 pytestmark = pytest.mark.filterwarnings("ignore:'set_vital' is deprecated:UserWarning")
 
-X = torch.randn(40, 3, generator=torch.Generator().manual_seed(0))
-Y = X @ torch.tensor([[1.0], [-2.0], [0.5]])
-
-
-class Counted(Dataset):
-    """40 regression samples that remember every index read, in order."""
-
-    def __init__(self) -> None:
-        self.reads: list[int] = []
-
-    def __len__(self) -> int:
-        return len(X)
-
-    def __getitem__(self, index: int):
-        self.reads.append(index)
-        return X[index], Y[index]
+X, Y = X40, Y40
 
 
 class CountedStream(IterableDataset):
@@ -80,18 +66,6 @@ def loader(data: Dataset, sampling: str = "shuffle") -> StatefulDataLoader:
     if sampling == "distributed":  # reshuffled by set_epoch, which kerasish calls before each pass
         return StatefulDataLoader(data, batch_size=6, sampler=DistributedSampler(data, num_replicas=1, rank=0, seed=5))
     return StatefulDataLoader(data, batch_size=6)  # a stream: the order is the data set's
-
-
-class Interrupt(Callback):
-    """Raises KeyboardInterrupt before train batch ``at`` (0-based, over the whole fit) would train."""
-
-    def __init__(self, at: int) -> None:
-        self.at, self.seen = at, 0
-
-    def on_train_batch_begin(self, model, logs):
-        if self.seen == self.at:
-            raise KeyboardInterrupt
-        self.seen += 1
 
 
 def make_model() -> KerasModel:
