@@ -8,7 +8,11 @@ back as plain ``int``.
 from __future__ import annotations
 
 import numbers
+import os
+import sys
 from typing import Any
+
+_PACKAGE = os.path.dirname(os.path.abspath(__file__))
 
 
 def integer(value: Any, name: str, *, minimum: int, hint: str = "") -> int:
@@ -40,6 +44,17 @@ def flag(value: Any, name: str) -> bool:
     if not isinstance(value, bool):
         raise ValueError(f"{name}={value!r} is not valid; use True or False")
     return value
+
+
+def user_stacklevel() -> int:
+    """The ``stacklevel`` that makes a warning point at the user's line: the first frame outside kerasish.
+
+    Counted from the caller of ``warnings.warn`` (level 1), however deep inside kerasish the warning is raised.
+    """
+    frame, level = sys._getframe(1), 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def not_a_class(value: Any, name: str, example: str) -> None:

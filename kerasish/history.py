@@ -9,6 +9,7 @@ from collections.abc import Iterable
 
 import pandas as pd
 
+from kerasish.checks import user_stacklevel
 from kerasish.monitor import Monitor
 
 
@@ -53,7 +54,7 @@ def warn_non_finite(logs: dict) -> bool:
             "not finite from here on. TerminateOnNaN() ends a fit at the first such batch (the best earlier epoch's "
             "weights come back)",
             RuntimeWarning,
-            stacklevel=4,  # warn_non_finite, fit, foreign_arguments' wrapper, the user's call
+            stacklevel=user_stacklevel(),
         )
     return bool(bad)
 

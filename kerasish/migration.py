@@ -17,6 +17,8 @@ from typing import Any, TypeVar
 
 import torch
 
+from kerasish.checks import user_stacklevel
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 _ON_MODEL = "it is set on the model, for fit, evaluate and predict alike"
@@ -117,8 +119,8 @@ def check_hooks(callback: Any, hooks: tuple[str, ...], base: type) -> None:
         else:
             close = difflib.get_close_matches(name, hooks, n=1)
             hint = f"did you mean {close[0]}?" if close else f"the hooks are {', '.join(hooks)}"
-            # stacklevel: check_hooks, CallbackList, fit, foreign_arguments' wrapper, the user's call
-            warnings.warn(f"{owner}.{name} is not a kerasish hook, so it never runs; {hint}", UserWarning, stacklevel=5)
+            message = f"{owner}.{name} is not a kerasish hook, so it never runs; {hint}"
+            warnings.warn(message, UserWarning, stacklevel=user_stacklevel())
 
 
 def _on_names(callback: Any, base: type) -> list[str]:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-import itertools
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -14,9 +12,7 @@ from torch import nn
 
 from kerasish import runners
 from kerasish.arguments import (
-    check_callbacks,
     check_compile,
-    check_fit_args,
     check_loader,
     check_model_args,
     check_optimizer_params,
@@ -24,24 +20,19 @@ from kerasish.arguments import (
     check_runner_classes,
     check_step_controls,
     check_verbose,
-    default_optimizer,
 )
-from kerasish.callbacks import Callback, CallbackList, ModelCheckpoint, TerminateOnNaN
-from kerasish.callbacks.builtins import fit_callbacks
+from kerasish.callbacks import Callback, CallbackList, ModelCheckpoint
 from kerasish.checkpoint import atomic_save, check_writable, load_into, load_weights
-from kerasish.checks import flag
-from kerasish.cursor import check_long_run_args, make_cursor
 from kerasish.device import move_optimizer_state
 from kerasish.distributed import Strategy, make_strategy, unwrap
+from kerasish.fitting import plan_fit
 from kerasish.history import History, warn_non_finite
 from kerasish.metrics import MetricLike, MetricSet, check_metrics
 from kerasish.migration import foreign_arguments, last_checkpoint, quiet_verbose
-from kerasish.monitor import Monitor, directions
 from kerasish.precision import check_precision
 from kerasish.prediction import PAD_VALUE, concat_outputs, map_leaves
 from kerasish.progress import format_logs, say
-from kerasish.resume import RunState
-from kerasish.schedulers import check_schedule, interval_for, step_per_epoch
+from kerasish.schedulers import interval_for, step_per_epoch
 from kerasish.summary import ModelSummary, summary
 
 
@@ -278,64 +269,22 @@ class KerasModel:
             >>> list(history.columns), len(history)
             (['epoch', 'train_loss', 'val_loss', 'lr', 'time'], 3)
         """
-        verbose = quiet_verbose(quiet, verbose)
-        check_callbacks(callbacks)
-        monitor = monitor or ("val_loss" if val_data is not None else "train_loss")
-        watched = Monitor(monitor, mode, min_delta, delta_mode)
-        columns, watched = check_fit_args(self, train_data, val_data, epochs=epochs, monitor=watched, verbose=verbose)
-        epochs, restore_best_weights = int(epochs), flag(restore_best_weights, "restore_best_weights")
-        steps_per_epoch, validation_steps, state_every = check_long_run_args(
-            steps_per_epoch, validation_steps, val_data, state_every_n_steps, state_path
-        )
-        train_loader = self.strategy.train_loader(train_data, "train_data")
-        val_loader = None if val_data is None else self.strategy.eval_loader(val_data, "val_data")[0]
-        cursor = make_cursor(
-            train_loader,
-            steps_per_epoch=steps_per_epoch,
-            strategy=self.strategy,
-            saves_positions=state_path is not None and (steps_per_epoch is not None or state_every is not None),
-        )
-        builtins = fit_callbacks(
-            watched,
-            patience=patience,
-            restore_best_weights=restore_best_weights,
-            ckpt_path=ckpt_path,
-            plot=plot,
-            verbose=verbose,
-        )
-        callbacks = CallbackList([*builtins, *(callbacks or [])])
-        self._checkpoint = next((cb for cb in builtins if isinstance(cb, ModelCheckpoint)), None)
-        if self.optimizer is None:
-            self.optimizer = default_optimizer(self.net)
-        check_schedule(self, steps_per_epoch or runners.loader_length(train_loader), epochs=epochs, resume=resume)
-        train_pass = self._epoch_runner("train", callbacks, verbose)
-        if state_every is not None:
-            train_pass.step_runner.metrics.check_saveable()
-        val_pass = None if val_data is None else self._epoch_runner("val", callbacks, verbose)
-        history = History(columns, monitor=watched, directions=directions(columns, self.metrics_dict))
-        run = RunState.open(
-            state_path,
-            resume,
-            model=self,
-            history=history,
-            callbacks=callbacks,
-            runner=train_pass,
-            loader=train_data,
-            cursor=cursor,
-            val_loader=val_data,
-        )
-        self._history, self.stop_training = history, False
+        plan = plan_fit(
+            self, train_data, val_data, epochs=epochs, monitor=monitor, mode=mode, patience=patience,
+            min_delta=min_delta, delta_mode=delta_mode, restore_best_weights=restore_best_weights,
+            ckpt_path=ckpt_path, callbacks=callbacks, verbose=quiet_verbose(quiet, verbose), plot=plot,
+            state_path=state_path, resume=resume, steps_per_epoch=steps_per_epoch,
+            validation_steps=validation_steps, state_every_n_steps=state_every_n_steps,
+        )  # fmt: skip
+        callbacks, history, run, epochs, verbose = plan.callbacks, plan.history, plan.run, plan.epochs, plan.verbose
+        self._history, self._checkpoint, self.stop_training = history, plan.checkpoint, False
         callbacks.call("on_fit_begin", self, {})
-        # Warned once per fit; a fit with TerminateOnNaN has its answer to a non-finite loss already.
-        warned_nan = any(isinstance(callback, TerminateOnNaN) for callback in callbacks.callbacks)
+        warned_nan = plan.answers_nan  # warned once per fit, and not where a callback already acts on it
         try:
-            first_epoch = run.restore(epochs=epochs, verbose=verbose)
-            for epoch in range(first_epoch, epochs + 1):
-                carried = run.carried(epoch)  # saved within this epoch, after its on_epoch_begin
-                if carried is None:
+            for epoch in range(run.restore(epochs=epochs, verbose=verbose), epochs + 1):
+                if run.carried(epoch) is None:  # an epoch saved within had its on_epoch_begin before the save
                     callbacks.call("on_epoch_begin", self, {"epoch": epoch})
-                train = (train_pass, cursor, carried, (run, state_every))
-                logs = self._epoch(epoch, epochs, train, (val_pass, val_loader, validation_steps))
+                logs = plan.epoch(self, epoch)
                 history.append(logs)
                 warned_nan = warned_nan or warn_non_finite(logs)
                 if verbose:
@@ -343,7 +292,7 @@ class KerasModel:
                 callbacks.call("on_epoch_end", self, logs)
                 # A stop asked for on any rank (a user callback's, say) ends the fit on every rank at this epoch.
                 self.stop_training = self.strategy.any(self.stop_training)
-                step_per_epoch(self, logs[monitor])
+                step_per_epoch(self, logs[plan.monitor.name])
                 run.save(epochs=epochs)
                 if self.stop_training:
                     break
@@ -511,29 +460,6 @@ class KerasModel:
             "clip_grad_norm": self.clip_grad_norm,
             "clip_grad_value": self.clip_grad_value,
         }
-
-    def _epoch(self, epoch: int, epochs: int, train: tuple, val: tuple) -> dict[str, Any]:
-        """One epoch's train and val passes: its history row, as the callbacks' ``on_epoch_end`` gets it."""
-        (train_pass, cursor, carried, (run, every)), (val_pass, val_loader, validation_steps) = train, val
-        lr = self._lr() if carried is None else carried["lr"]
-        batches = cursor.batches(epoch, done=0 if carried is None else carried["batches"])
-        checkpoint = None if every is None else functools.partial(run.save_within, epochs=epochs, epoch=epoch, lr=lr)
-        train_logs = train_pass(
-            batches, epoch=epoch, epochs=epochs, total=cursor.total(), checkpoint=checkpoint, checkpoint_every=every
-        )
-        logs = {"epoch": epoch, **train_logs}
-        seconds = train_pass.seconds
-        if val_pass is not None:
-            val_batches, total = val_loader, None
-            if validation_steps is not None:
-                total = min(validation_steps, runners.loader_length(val_loader) or validation_steps)
-                val_batches = itertools.islice(val_loader, validation_steps)
-            logs.update(val_pass(val_batches, epoch=epoch, epochs=epochs, total=total))
-            seconds += val_pass.seconds
-        return {**logs, "lr": lr, "time": seconds}
-
-    def _lr(self) -> float:
-        return float(self.optimizer.param_groups[0]["lr"])
 
 
 def _to_cpu(tensor: torch.Tensor) -> torch.Tensor:

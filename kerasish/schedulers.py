@@ -23,6 +23,8 @@ from typing import Any
 import torch
 from torch.optim import lr_scheduler as schedulers
 
+from kerasish.checks import user_stacklevel
+
 INTERVALS = ("epoch", "step")
 PER_STEP = (schedulers.OneCycleLR, schedulers.CyclicLR)
 
@@ -86,7 +88,7 @@ def check_first_lr(optimizer: torch.optim.Optimizer, lr_scheduler: Any, interval
             "whole first epoch trains nothing; a warm-up written in optimizer steps needs "
             "KerasModel(..., scheduler_interval='step')",
             UserWarning,
-            stacklevel=5,  # check_first_lr, check_schedule, fit, foreign_arguments' wrapper, the user's call
+            stacklevel=user_stacklevel(),
         )
 
 
