@@ -6,11 +6,13 @@ import dataclasses
 import math
 import warnings
 from collections.abc import Iterable
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from kerasish.checks import user_stacklevel
 from kerasish.monitor import Monitor
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def history_columns(metric_names: Iterable[str], *, has_val: bool) -> list[str]:
@@ -91,10 +93,17 @@ class History:
         self._frame = None
 
     @property
+    def all_columns(self) -> list[str]:
+        """The known columns, then any a custom runner added, in the order they first appeared."""
+        return [*self.columns, *self._extra]
+
+    @property
     def frame(self) -> pd.DataFrame:
         """The rows so far as a DataFrame with the known columns first; empty (with the columns) before any."""
         if self._frame is None:
-            self._frame = pd.DataFrame(self.rows, columns=[*self.columns, *self._extra])
+            import pandas as pd  # here, not at import: pandas costs a process about 28 MB
+
+            self._frame = pd.DataFrame(self.rows, columns=self.all_columns)
             if self.monitor is not None:
                 self._frame.attrs["monitor"] = dataclasses.asdict(self.monitor)
             if self.directions:

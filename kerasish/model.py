@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 import torch
 from torch import nn
 
@@ -34,6 +33,9 @@ from kerasish.prediction import PAD_VALUE, concat_outputs, map_leaves
 from kerasish.progress import format_logs, say
 from kerasish.schedulers import interval_for, step_per_epoch
 from kerasish.summary import ModelSummary, summary
+
+if TYPE_CHECKING:  # pandas is imported when a history is first read as a DataFrame, not with kerasish
+    import pandas as pd
 
 
 class KerasModel:
@@ -166,6 +168,15 @@ class KerasModel:
     def is_main_process(self) -> bool:
         """Whether this process prints and writes files (global rank 0); a callback that writes should ask."""
         return self.strategy.is_main_process
+
+    @property
+    def history_columns(self) -> list[str]:
+        """The columns of the history of the latest ``fit`` (of the one running, when read from a callback).
+
+        What a callback checks its monitor or template fields against in ``on_fit_begin``, without building the
+        DataFrame :attr:`history` is.
+        """
+        return self._history.all_columns
 
     @property
     def history(self) -> pd.DataFrame:

@@ -117,9 +117,9 @@ class Monitor:
 
         ``model`` may lack a history or metrics (a stand-in in a test): what is missing is not checked.
         """
-        history = getattr(model, "history", None)
-        if history is not None:
-            self.check(history.columns, owner)
+        columns = fit_columns(model)
+        if columns is not None:
+            self.check(columns, owner)
         return self.resolved(getattr(model, "metrics_dict", None), owner)
 
     def improved(self, value: float, best: float | None) -> bool:
@@ -152,6 +152,16 @@ class Monitor:
             raise ValueError(
                 f"{owner}: monitor={self.name!r} is not a history column of this fit; available: {', '.join(columns)}"
             )
+
+
+def fit_columns(model: Any) -> list[str] | None:
+    """The columns of the fit ``model`` runs: its ``history_columns`` (no DataFrame built, so pandas stays unloaded
+    until the history is read), or a stand-in's ``history.columns``; ``None`` when it has neither."""
+    columns = getattr(model, "history_columns", None)
+    if columns is None:
+        history = getattr(model, "history", None)
+        columns = None if history is None else history.columns
+    return None if columns is None else [str(column) for column in columns]
 
 
 def monitor_argument(monitor: str | Monitor, mode: str | None, min_delta: float, delta_mode: str) -> Monitor:

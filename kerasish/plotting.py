@@ -12,12 +12,11 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-import pandas as pd
-
 from kerasish.history import split_stage
 from kerasish.monitor import BestSoFar, Monitor
 
 if TYPE_CHECKING:
+    import pandas as pd
     from matplotlib.figure import Figure
 
 # kerasish is on no package index, so `pip install "kerasish[plot]"` fails; these work however it was installed.
@@ -131,6 +130,8 @@ def in_notebook() -> bool:
 
 def panels_of(history: Any, metrics: Sequence[str] | None = None) -> list[str]:
     """The panels to draw: ``metrics`` checked against the history, or every stage metric, loss first."""
+    import pandas as pd  # a picture is asked for: pandas comes with the history anyway
+
     if not isinstance(history, pd.DataFrame):
         raise TypeError(f"history must be the pandas DataFrame that fit returns; got {type(history).__name__}")
     if "epoch" not in history:

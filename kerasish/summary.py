@@ -17,9 +17,8 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 import torch
 from torch import nn
 
@@ -31,6 +30,9 @@ from kerasish.runners import pass_mode
 MAX_SHAPE_NESTING = 8
 # Attributes worth showing on an output object even when they are properties rather than instance attributes.
 OUTPUT_ATTRIBUTES = ("logits", "loss")
+
+if TYPE_CHECKING:  # imported by to_frame, when a table is asked for
+    import pandas as pd
 
 
 @dataclass
@@ -74,6 +76,8 @@ class ModelSummary:
 
     def to_frame(self) -> pd.DataFrame:
         """The rows as a DataFrame, one column per :class:`LayerRow` field."""
+        import pandas as pd
+
         return pd.DataFrame([asdict(row) for row in self.rows], columns=[f.name for f in fields(LayerRow)])
 
     def __str__(self) -> str:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 import warnings
 
 import pandas as pd
@@ -152,3 +154,32 @@ def test_a_non_finite_epoch_loss_is_warned_about_once_per_fit():
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # with TerminateOnNaN the fit already answers a NaN loss: no warning
         model.fit(data, data, epochs=3, verbose=0, callbacks=[TerminateOnNaN()])
+
+
+FIT_WITHOUT_PANDAS = """
+import sys
+import torch
+from torch import nn
+from kerasish import Callback, CSVLogger, KerasModel, ModelCheckpoint
+
+class Watch(Callback):
+    def on_epoch_end(self, model, logs):
+        seen.append("pandas" in sys.modules)
+
+seen = ["pandas" in sys.modules]
+x = torch.randn(16, 3)
+data = [(x, x.sum(1, keepdim=True))]
+model = KerasModel(nn.Linear(3, 1), nn.MSELoss(), device="cpu")
+history = model.fit(data, data, epochs=2, ckpt_path=sys.argv[1] + "/{epoch}.pt", verbose=0,
+                    callbacks=[ModelCheckpoint(sys.argv[1] + "/last.pt"), CSVLogger(sys.argv[1] + "/h.csv"), Watch()])
+seen.append(type(history).__name__)
+print(seen)
+"""
+
+
+def test_a_fit_loads_pandas_only_when_it_returns_the_history(tmp_path):
+    # pandas costs a process about 28 MB (benchmarks/memory.py): kerasish imports it when a history is first read
+    # as a DataFrame, after training, never during it, whatever the built-in callbacks check in on_fit_begin.
+    code = [sys.executable, "-c", FIT_WITHOUT_PANDAS, str(tmp_path)]
+    result = subprocess.run(code, capture_output=True, text=True, timeout=120, check=True)
+    assert result.stdout.strip() == "[False, False, False, 'DataFrame']"

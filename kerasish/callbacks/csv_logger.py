@@ -9,6 +9,7 @@ from typing import IO, TYPE_CHECKING, Any
 from kerasish.callbacks.base import Callback, Logs
 from kerasish.checkpoint import check_writable
 from kerasish.distributed import is_main_process
+from kerasish.monitor import fit_columns
 
 if TYPE_CHECKING:
     from kerasish.model import KerasModel
@@ -75,7 +76,7 @@ class CSVLogger(Callback):
 
     def on_fit_begin(self, model: KerasModel, logs: Logs) -> None:
         self._close()  # a fit that failed before its on_fit_end could have left one open
-        self._columns = [str(column) for column in model.history.columns]
+        self._columns = fit_columns(model) or []
         self._writes = is_main_process(model)
         self._resume = self._writes and self.append and self.path.exists() and self.path.stat().st_size > 0
         if self._resume:

@@ -9,15 +9,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import pandas as pd
-
 from kerasish import plotting
 from kerasish.callbacks.base import Callback, Logs
 from kerasish.checkpoint import check_directory, check_writable
 from kerasish.distributed import is_main_process
+from kerasish.monitor import fit_columns
 from kerasish.progress import say
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from kerasish.model import KerasModel
 
 DEFAULT_NAME = "history.png"
@@ -90,7 +91,9 @@ class LivePlot(Callback):
         self._shown_epochs = 0
 
     def on_fit_begin(self, model: KerasModel, logs: Logs) -> None:
-        self._panels = plotting.panels_of(pd.DataFrame(columns=model.history.columns), self.metrics)
+        import pandas as pd  # plotting needs the history as a DataFrame at each draw anyway
+
+        self._panels = plotting.panels_of(pd.DataFrame(columns=fit_columns(model)), self.metrics)
         self.written, self._figure, self._display = None, None, None
         self._next_draw, self._shown_epochs = 0.0, 0
 

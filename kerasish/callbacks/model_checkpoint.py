@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from kerasish.callbacks.base import Callback, Logs
 from kerasish.checkpoint import atomic_save, check_writable
 from kerasish.distributed import is_main_process
-from kerasish.monitor import BestSoFar, Monitor, monitor_argument
+from kerasish.monitor import BestSoFar, Monitor, fit_columns, monitor_argument
 
 if TYPE_CHECKING:
     from kerasish.model import KerasModel
@@ -107,8 +107,9 @@ class ModelCheckpoint(Callback):
 
     def on_fit_begin(self, model: KerasModel | None, logs: Logs) -> None:
         self.best.monitor = self.monitor.for_fit(model, type(self).__name__)
-        if model is not None and hasattr(model, "history"):
-            self._check_fields(list(model.history.columns))
+        columns = fit_columns(model)
+        if columns is not None:
+            self._check_fields(columns)
         self._reset()
 
     def _reset(self) -> None:
