@@ -214,15 +214,6 @@ def fit_kerasish(parts, args: argparse.Namespace, probe: Probe) -> dict:
     return {column: [float(value) for value in frame[column]] for column in frame.columns}
 
 
-def schedule(variants: list[str], repeats: int) -> list[tuple[int, str]]:
-    """``(repeat, variant)`` in running order: round-robin, each repeat starting one variant further along."""
-    order = []
-    for repeat in range(repeats):
-        shift = repeat % len(variants)
-        order += [(repeat, variant) for variant in variants[shift:] + variants[:shift]]
-    return order
-
-
 def run_child(variant: str, args: argparse.Namespace, folder: Path) -> dict:
     """One fresh process with the thread count fixed for every library that reads one, plus ``--env``."""
     out = folder / f"{variant}-{time.monotonic_ns()}.json"
@@ -309,6 +300,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.child:
         args.out.write_text(json.dumps(child(args)))
         return
+    # Here, not at the top: a child imports this module too, and run.py would load torch before its first reading.
+    from run import schedule
+
     order = schedule(args.variants, args.repeats)
     records = []
     with tempfile.TemporaryDirectory(prefix="kerasish-memory-") as folder:
