@@ -12,11 +12,12 @@ from pathlib import Path
 import psutil
 import pytest
 import torch
+import torch.nn.functional as F
 from sklearn.datasets import load_digits
 from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
-from kerasish import Callback
+from kerasish import Callback, KerasModel, StepRunner
 
 
 def digits_split() -> tuple[TensorDataset, TensorDataset]:
@@ -70,6 +71,20 @@ class Interrupt(Callback):
         if self.seen == self.at:
             raise KeyboardInterrupt
         self.seen += 1
+
+
+class CosineStep(StepRunner):
+    """The README's two-tower step: a (query, doc) pair scored by the cosine of their embeddings, regressed on the
+    target similarity; the net has ``query`` and ``doc`` towers and no ``forward``."""
+
+    def compute_loss(self, batch):
+        query, doc, target = batch
+        similarity = F.cosine_similarity(self.net.query(query), self.net.doc(doc))
+        return F.mse_loss(similarity, target), similarity, target
+
+
+class TwoTowerModel(KerasModel):
+    StepRunner = CosineStep
 
 
 class Recorder(Callback):

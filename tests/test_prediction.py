@@ -10,8 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kerasish import KerasModel, StepRunner
+from kerasish import KerasModel
 from kerasish.prediction import PAD_VALUE, concat_outputs, map_leaves
+from tests.helpers import CosineStep, TwoTowerModel
 
 Heads = namedtuple("Heads", ["logits", "hidden"])
 
@@ -192,17 +193,6 @@ class TwoTowers(nn.Module):
         super().__init__()
         self.query = nn.Linear(4, 3)
         self.doc = nn.Linear(4, 3)
-
-
-class CosineStep(StepRunner):
-    def compute_loss(self, batch):
-        query, doc, target = batch
-        similarity = F.cosine_similarity(self.net.query(query), self.net.doc(doc))
-        return F.mse_loss(similarity, target), similarity, target
-
-
-class TwoTowerModel(KerasModel):
-    StepRunner = CosineStep
 
 
 def pairs(n: int = 10, batch_size: int = 4) -> list:

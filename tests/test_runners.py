@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from kerasish import Callback, KerasModel, StepRunner, progress
 from kerasish.metrics import MetricSet
-from tests.helpers import regression_batches
+from tests.helpers import TwoTowerModel, regression_batches
 
 TRUE_W, TRUE_B = torch.tensor([2.0, -3.4]), 4.2
 
@@ -100,19 +100,6 @@ class TwoTower(nn.Module):
         super().__init__()
         self.query = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 8))
         self.doc = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 8))
-
-
-class CosineStep(StepRunner):
-    """Scores a (query, doc) pair by the cosine of their embeddings and regresses it on the target similarity."""
-
-    def compute_loss(self, batch):
-        query, doc, target = batch
-        similarity = F.cosine_similarity(self.net.query(query), self.net.doc(doc))
-        return F.mse_loss(similarity, target), similarity, target
-
-
-class TwoTowerModel(KerasModel):
-    StepRunner = CosineStep
 
 
 def pairs(n: int = 256) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
