@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kerasish.callbacks.base import Callback, Logs
+from kerasish.checkpoint import nearest_existing
 from kerasish.distributed import is_main_process
 from kerasish.history import split_stage
 
@@ -110,7 +111,7 @@ def _check_log_dir(log_dir: str | os.PathLike) -> Path:
     path = Path(log_dir)
     if path.exists() and not path.is_dir():
         raise ValueError(f"log_dir={str(path)!r} is a file; give a directory, such as {str(path.parent / 'runs')!r}")
-    existing = next(parent for parent in (path, *path.parents) if parent.exists())
+    existing = nearest_existing(path)
     if not existing.is_dir() or not os.access(existing, os.W_OK):
         raise ValueError(f"log_dir={str(path)!r} cannot be created: {str(existing)!r} is not a writable directory")
     return path
