@@ -144,9 +144,9 @@ class TrainCursor:
         loader: the train loader (data-parallel: already given its ``DistributedSampler``).
         steps_per_epoch: batches per epoch, carried over between epochs; ``None``: one pass per epoch.
         strategy: the model's :class:`~kerasish.distributed.Strategy` (``set_epoch`` before each pass).
-        positioned: lay each pass out by index (or, for a loader that :func:`keeps_state`, ask it), so that
-            :meth:`state` can say where the fit is and :meth:`restore` can go on from there (see the module's
-            docstring).
+        positioned: note each pass's starting random states and count its batches (or, for a loader that
+            :func:`keeps_state`, ask it), so that :meth:`state` can say where the fit is and :meth:`restore` can
+            go on from there (see the module's docstring).
     """
 
     def __init__(self, loader: Iterable, *, steps_per_epoch: int | None, strategy: Any, positioned: bool) -> None:
@@ -231,7 +231,7 @@ class TrainCursor:
         return iterator
 
     def state(self) -> dict[str, Any]:
-        """Where the fit is: passes started, batches taken from the current one, and how to lay it out again.
+        """Where the fit is: passes started, batches taken from the current one, and how to rebuild it.
 
         That is the random states at the pass's start (``pass_start``), or for a loader that keeps its own position,
         its ``state_dict()`` (``loader``) within a pass, and its data set's (``dataset``, if it has one) between two.
