@@ -351,7 +351,7 @@ class RunState:
         for row in saved["history"]:
             self.history.append(row)
         mine = saved["ranks"][model.rank] if "ranks" in saved else saved
-        if self._positioned:  # lays the pass out again from its saved start, then leaves the random states as now
+        if self._positioned:  # rebuilds the pass from its saved start, then leaves the random states as now
             self.cursor.restore(mine["cursor"])
         set_rng_states(mine["rng"])
         for generator, state in zip(self.generators, mine["loader_generators"], strict=True):
