@@ -242,6 +242,29 @@ def digits_like(n: int = 10) -> TensorDataset:
     return TensorDataset(torch.randn(n, 3), torch.randn(n, 1))
 
 
+ENDS_IN_A_COLLECTIVE = """
+import torch
+from torch import nn
+from kerasish import KerasModel
+torch.manual_seed(0)
+x = torch.randn(64, 4)
+loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, (x.sum(1) > 0).long()), batch_size=16)
+net = nn.Linear(4, 2)
+model = KerasModel(net, loss_fn=nn.CrossEntropyLoss(), optimizer=torch.optim.SGD(net.parameters(), lr=0.1))
+model.fit(loader, loader, epochs=1, verbose=0)
+model.evaluate(loader, verbose=0)
+"""
+
+
+def test_a_script_whose_last_line_is_a_collective_exits_cleanly(tmp_path):
+    # gloo frees the last gather's tensors on its own threads, after evaluate returns; at interpreter exit that used
+    # to abort a rank (SIGABRT) in more than half the runs of this script. Two launches catch most regressions.
+    script = tmp_path / "ends_in_evaluate.py"
+    script.write_text(ENDS_IN_A_COLLECTIVE)
+    for attempt in range(2):
+        launch([str(script)], logs=tmp_path / f"logs-{attempt}", timeout=LAUNCH_TIMEOUT)
+
+
 def test_one_process_goes_through_the_base_strategy_that_does_nothing():
     model = KerasModel(nn.Linear(3, 1), nn.MSELoss(), device="cpu")
     assert type(model.strategy) is Strategy
