@@ -31,6 +31,15 @@ def split_batch(batch: Any, *, keep_mapping_labels: bool = False) -> tuple[tuple
         keep_mapping_labels: leave ``"labels"`` among a mapping's keyword arguments, for nets that compute their
             own loss from them.
     """
+    # Every step passes here: the (x, y) a DataLoader yields is answered first, by the cheapest checks.
+    if isinstance(batch, (tuple, list)):
+        if len(batch) == 2:
+            return (batch[0],), {}, batch[1]
+        if len(batch) == 0:
+            raise ValueError("a batch is an empty tuple; expected (x, y), (x1, ..., xk, y) or (x,)")
+        if len(batch) == 1:
+            return (batch[0],), {}, None
+        return tuple(batch[:-1]), {}, batch[-1]
     if batch is None:
         raise TypeError(
             "the loader yielded None as a batch; a batch is a tensor, a tuple (x, y) or a dict of tensors: check the "
@@ -40,12 +49,6 @@ def split_batch(batch: Any, *, keep_mapping_labels: bool = False) -> tuple[tuple
         kwargs = dict(batch)
         labels = kwargs.get(LABELS_KEY) if keep_mapping_labels else kwargs.pop(LABELS_KEY, None)
         return (), kwargs, labels
-    if isinstance(batch, (tuple, list)):
-        if len(batch) == 0:
-            raise ValueError("a batch is an empty tuple; expected (x, y), (x1, ..., xk, y) or (x,)")
-        if len(batch) == 1:
-            return (batch[0],), {}, None
-        return tuple(batch[:-1]), {}, batch[-1]
     return (batch,), {}, None
 
 
@@ -126,6 +129,8 @@ def _broadcastable(preds: torch.Tensor, labels: torch.Tensor) -> bool:
 
 def preds_of(output: Any) -> Any:
     """The predictions in a net's output: its ``logits`` when it carries them, else the output itself."""
+    if type(output) is torch.Tensor:  # the common case, and the dearest to ask for a missing attribute
+        return output
     if isinstance(output, Mapping):
         return output["logits"] if output.get("logits") is not None else output
     logits = getattr(output, "logits", None)
@@ -155,9 +160,12 @@ def batch_size(batch: Any) -> int:
 
 
 def _first_leading_size(data: Any) -> int | None:
-    if isinstance(data, torch.Tensor):
-        return data.shape[0] if data.dim() > 0 else None
-    values = data.values() if isinstance(data, Mapping) else data if isinstance(data, (tuple, list)) else ()
+    if isinstance(data, (tuple, list)):  # the (x, y) of every step first, before any dearer check
+        values = data
+    elif isinstance(data, torch.Tensor):
+        return data.shape[0] if data.ndim > 0 else None
+    else:
+        values = data.values() if isinstance(data, Mapping) else ()
     for value in values:
         size = _first_leading_size(value)
         if size is not None:

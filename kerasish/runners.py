@@ -120,8 +120,11 @@ class StepRunner:
 
     def _run(self, batch: Any) -> tuple[torch.Tensor, int]:
         batch = to_device(batch, self.device)
-        with autocast(self.precision, self.device):
+        if self.precision == "32":  # no autocast context to enter and leave, at every step
             loss, preds, labels = self.compute_loss(batch)
+        else:
+            with autocast(self.precision, self.device):
+                loss, preds, labels = self.compute_loss(batch)
         _check_loss(loss)
         size = self.batch_size(batch)
         if self.stage == "train":
@@ -253,7 +256,7 @@ def _full_precision(tensor: torch.Tensor) -> torch.Tensor:
 def _check_loss(loss: Any) -> None:
     if not isinstance(loss, torch.Tensor):
         raise TypeError(f"the loss must be a tensor; got {type(loss).__name__}: {loss!r}")
-    if loss.dim() != 0:
+    if loss.ndim != 0:
         raise ValueError(
             f"the loss must be a scalar tensor; got shape {tuple(loss.shape)}. Use a mean- or sum-reduced loss "
             "(e.g. reduction='mean') or reduce it in StepRunner.compute_loss"

@@ -212,6 +212,51 @@ def test_a_step_returns_the_detached_loss_and_the_batch_size():
     assert metrics.samples == 4
 
 
+class Keeps:
+    """A plain stateful metric that keeps a result computed from the preds, to see whether a step's graph came along."""
+
+    def __init__(self) -> None:
+        self.seen: list = []
+
+    def update(self, preds, labels) -> None:
+        if isinstance(preds, dict):
+            self.seen.append({key: value * 2 for key, value in preds.items()})
+        else:
+            self.seen.append(preds * 2 if isinstance(preds, torch.Tensor) else tuple(value * 2 for value in preds))
+
+    def compute(self) -> torch.Tensor:
+        return torch.tensor(float(len(self.seen)))
+
+    def reset(self) -> None:
+        self.seen = []
+
+
+@pytest.mark.parametrize(
+    "output", [lambda out: out, lambda out: {"logits": out}, lambda out: (out, out)], ids=["tensor", "dict", "tuple"]
+)
+def test_train_steps_hand_the_metrics_preds_without_the_graph(output):
+    class Net(nn.Linear):
+        def forward(self, x):
+            return output(super().forward(x))
+
+    class Sum(StepRunner):
+        def compute_loss(self, batch):
+            x, y = batch
+            preds = self.net(x)
+            first = preds[0] if isinstance(preds, tuple) else preds
+            first = first["logits"] if isinstance(first, dict) else first
+            return F.mse_loss(first, y), preds, y
+
+    net = Net(3, 1)
+    metrics = MetricSet({"kept": Keeps()}, torch.device("cpu"))
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    step = Sum(net, None, stage="train", metrics=metrics, device=torch.device("cpu"), optimizer=opt)
+    step(regression_batches(n=4, batch_size=4)[0])
+    (seen,) = metrics.stateful["kept"].seen
+    leaves = [seen] if isinstance(seen, torch.Tensor) else list(seen.values() if isinstance(seen, dict) else seen)
+    assert [leaf.requires_grad for leaf in leaves] == [False] * len(leaves)
+
+
 # --- step controls: gradient accumulation and clipping ---------------------------------------------------------------
 
 
