@@ -22,6 +22,7 @@ from kerasish.arguments import (
 )
 from kerasish.callbacks import Callback, CallbackList, ModelCheckpoint
 from kerasish.checkpoint import atomic_save, check_writable, load_into, load_weights
+from kerasish.checks import flag
 from kerasish.device import move_optimizer_state
 from kerasish.distributed import Strategy, make_strategy, unwrap
 from kerasish.fitting import plan_fit
@@ -75,6 +76,11 @@ class KerasModel:
             training".
         ddp_kwargs: passed to ``DistributedDataParallel`` (``find_unused_parameters``, ``static_graph``, ...);
             unused in one process.
+        prefetch: read each batch one step ahead and start its copy to the device while the current step runs
+            (pinned, on a side stream; see :mod:`kerasish.prefetch`), so that a transfer-bound job does not wait
+            for its copies. ``None`` (default): on for CUDA, off elsewhere, where there is no copy to hide. It costs
+            one more batch on the device. A train pass that writes the run state within it
+            (``state_every_n_steps``) reads in step, so that the state says which batches were trained.
 
     Under torchrun on CUDA, ``device=None`` (or ``"cuda"``) means ``cuda:LOCAL_RANK``. A net already wrapped in
     ``DistributedDataParallel`` is used as it is, not wrapped twice; ``self.net`` is then its ``module``.
@@ -117,14 +123,17 @@ class KerasModel:
         compile: bool | Mapping[str, Any] = False,
         strategy: str | Strategy | None = "auto",
         ddp_kwargs: Mapping[str, Any] | None = None,
+        prefetch: bool | None = None,
     ) -> None:
         check_model_args(net, loss_fn, optimizer, lr_scheduler, scheduler_interval)
         check_step_controls(accumulate_grad_batches, clip_grad_norm, clip_grad_value)
         compile_kwargs = check_compile(compile)
+        prefetch = None if prefetch is None else flag(prefetch, "prefetch")
         self.metrics_dict = check_metrics(metrics_dict)
         self.strategy = make_strategy(strategy, device=device, ddp_kwargs=ddp_kwargs, net=net)
         self.device = self.strategy.device
         self.precision = check_precision(precision, self.device)
+        self.prefetch = self.device.type == "cuda" if prefetch is None else prefetch
         self.net = unwrap(net).to(self.device)
         check_optimizer_params(optimizer, self.net)
         # Train steps run through the DDP and compile wrappers, evaluation through the compiled plain net (so a rank
@@ -461,7 +470,7 @@ class KerasModel:
             strategy=self.strategy,
             **(self._train_controls() if training else {}),
         )
-        return self.EpochRunner(step, model=self, callbacks=callbacks, verbose=verbose)
+        return self.EpochRunner(step, model=self, callbacks=callbacks, verbose=verbose, prefetch=self.prefetch)
 
     def _train_controls(self) -> dict[str, Any]:
         return {

@@ -38,6 +38,7 @@ from kerasish.distributed import Strategy, is_main_process
 from kerasish.metrics import MetricSet
 from kerasish.precision import autocast, check_precision, grad_scaler
 from kerasish.prediction import check_structure, map_leaves
+from kerasish.prefetch import prefetch
 from kerasish.progress import PassProgress
 
 STAGES = ("train", "val")
@@ -280,6 +281,9 @@ class EpochRunner:
         model: passed to the batch hooks.
         callbacks: whose ``on_<stage>_batch_begin/end`` hooks run around each step.
         verbose: 1 shows a progress bar for the pass; 0 and 2 show none.
+        prefetch: read each batch one ahead, its copy to the device started while the current step runs
+            (:func:`kerasish.prefetch.prefetch`). A pass that writes the run state within it reads in step, so
+            that the saved position is that of the batches trained.
     """
 
     def __init__(
@@ -289,8 +293,10 @@ class EpochRunner:
         model: Any = None,
         callbacks: CallbackList | None = None,
         verbose: int = 0,
+        prefetch: bool = False,
     ) -> None:
         self.step_runner = step_runner
+        self.prefetch = prefetch
         self.stage = step_runner.stage
         self.model = model
         self.callbacks = callbacks or CallbackList()
@@ -340,6 +346,8 @@ class EpochRunner:
             read_loss=metrics.running_loss,
         )
         batches, stepped = done, self.step_runner.optimizer_steps
+        if checkpoint is None:
+            loader = self._read_ahead(loader)
         with pass_mode(self.step_runner.net, training=self.stage == "train"):
             try:
                 for batches, batch in enumerate(loader, start=done + 1):
@@ -384,7 +392,7 @@ class EpochRunner:
         self.callbacks.call("on_predict_begin", self.model, {})
         try:
             with pass_mode(self.step_runner.net, training=False):
-                for index, batch in enumerate(loader):
+                for index, batch in enumerate(self._read_ahead(loader)):
                     self.callbacks.call("on_predict_batch_begin", self.model, {"batch": index})
                     outputs.append(self.step_runner.predict_batch(batch))
                     if index == 0:
@@ -395,6 +403,9 @@ class EpochRunner:
             progress.close()
             self.callbacks.call_all("on_predict_end", self.model, {"batches": len(outputs)})
         return outputs
+
+    def _read_ahead(self, loader: Iterable) -> Iterable:
+        return prefetch(loader, self.step_runner.device) if self.prefetch else loader
 
 
 def loader_length(loader: Iterable) -> int | None:
