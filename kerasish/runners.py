@@ -111,6 +111,7 @@ class StepRunner:
         self._same_shape = needs_same_shape(loss_fn)
         self._window_batches = 0
         self._window_samples = 0
+        self._non_blocking = device.type != "cpu"
 
     def __call__(self, batch: Any) -> tuple[torch.Tensor, int]:
         """Runs the step; returns the batch's detached loss (a device tensor) and its number of samples."""
@@ -120,7 +121,7 @@ class StepRunner:
         return self._run(batch)
 
     def _run(self, batch: Any) -> tuple[torch.Tensor, int]:
-        batch = to_device(batch, self.device)
+        batch = to_device(batch, self.device, non_blocking=self._non_blocking)
         if self.precision == "32":  # no autocast context to enter and leave, at every step
             loss, preds, labels = self.compute_loss(batch)
         else:
