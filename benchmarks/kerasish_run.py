@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 # The checkout next to this folder, installed or not: the benchmark measures the code it ships with.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -43,11 +45,13 @@ def fit_kerasish(
     verbose: int,
     model_class: type[KerasModel] = KerasModel,
     clock: EpochClock | None = None,
+    options: Mapping[str, Any] | None = None,
 ) -> RunResult:
     """Fits with early stopping and best-weight restore on ``val_acc``, as a user would; times it like the hand loop.
 
     ``model_class`` lets a caller plug in a ``KerasModel`` subclass (``cuda_sync_check.py`` plugs in a step runner
-    that checks for host syncs); ``clock`` one that stamps more (the two-process benchmark's CPU clock).
+    that checks for host syncs); ``clock`` one that stamps more (the two-process benchmark's CPU clock); ``options``
+    more ``KerasModel`` keyword arguments (``precision``, ``accumulate_grad_batches``, ``prefetch``, ...).
     """
     model = model_class(
         parts.net,
@@ -55,6 +59,7 @@ def fit_kerasish(
         metrics_dict={"acc": parts.metric},
         optimizer=parts.optimizer,
         device=parts.device,
+        **(options or {}),
     )
     clock = clock or EpochClock()
     fit_start = time.perf_counter()
