@@ -10,15 +10,18 @@ times; the median round is reported per call.
     python benchmarks/step_instructions.py            # about 2 minutes; valgrind must be installed
 
 The steps are :class:`kerasish.StepRunner` on a W1 batch as a loader yields it, and the hand loop's ``train_step``
-and ``val_step`` (``hand_loop.py``); the pieces are the functions a kerasish step calls, next to what the hand loop
-does in their place (two ``.to`` calls for ``to_device``, ``len(y)`` for ``batch_size``, ...). A piece's count
-includes the Python call that runs it (about 450 instructions, the ``nothing`` row).
+and ``val_step`` (``hand_loop.py``). The passes are :class:`kerasish.EpochRunner` and the hand loop's
+``train_pass`` and ``val_pass`` over the same batches, counted per batch: the step, the loop around it, and the
+pass's start and end. The pieces are the functions a kerasish step calls, next to what the hand loop does in their
+place (two ``.to`` calls for ``to_device``, ``len(y)`` for ``batch_size``, ...). A piece's count includes the
+Python call that runs it (about 450 instructions, the ``nothing`` row).
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import itertools
 import operator
 import re
 import shutil
@@ -43,7 +46,7 @@ def measured_loops():
     from kerasish.batches import batch_size, preds_of, split_batch
     from kerasish.device import to_device
     from kerasish.metrics import MetricSet
-    from kerasish.runners import StepRunner
+    from kerasish.runners import EpochRunner, StepRunner
 
     torch.set_num_threads(1)
     cpu = torch.device("cpu")
@@ -81,6 +84,16 @@ def measured_loops():
     ]
     for name, loop, training in steps:
         loops.append((name, functools.partial(_in_mode, loop, parts.net, hand_parts.net, training)))
+    # Whole passes over the same batches, each counted per batch: the step, the loop around it, and the pass's own
+    # start and end (kerasish: progress, hooks, train/eval mode, the metrics' reset and compute).
+    hand.train_loader = hand.val_loader = batches
+    train_pass, val_pass = EpochRunner(train), EpochRunner(val)
+    loops += [
+        ("hand: train pass", hand.train_pass),
+        ("kerasish: train pass", functools.partial(train_pass, batches)),
+        ("hand: val pass", hand.val_pass),
+        ("kerasish: val pass", functools.partial(val_pass, batches)),
+    ]
     return loops, len(batches)
 
 
@@ -111,7 +124,7 @@ def inside() -> None:
     loops, count = measured_loops()
     for _name, loop in loops:
         for _ in range(ROUNDS):
-            if isinstance(loop, functools.partial):
+            if isinstance(loop, functools.partial) and loop.func is _in_mode:
                 loop()  # switches the mode outside the count, then runs the loop through operator.call
             else:
                 operator.call(loop)
@@ -155,10 +168,10 @@ def _report(names: list[str], counts: list[int], batches: int) -> None:
     print(f"W1 instructions per call (callgrind, median of {ROUNDS} rounds of {batches} batches)")
     for name, value in per_call.items():
         print(f"  {name:<32} {value / 1e3:9.1f} k")
-    for stage in ("train", "val"):
-        extra = per_call[f"kerasish: {stage} step"] - per_call[f"hand: {stage} step"]
-        ratio = per_call[f"kerasish: {stage} step"] / per_call[f"hand: {stage} step"]
-        print(f"  kerasish {stage} step − hand: {extra / 1e3:+.1f} k instructions (× {ratio:.4f})")
+    for stage, what in itertools.product(("train", "val"), ("step", "pass")):
+        kerasish, hand = per_call[f"kerasish: {stage} {what}"], per_call[f"hand: {stage} {what}"]
+        extra = (kerasish - hand) / 1e3
+        print(f"  kerasish {stage} {what} − hand, per batch: {extra:+.1f} k (× {kerasish / hand:.4f})")
 
 
 if __name__ == "__main__":
