@@ -78,14 +78,7 @@ def _move(data: Any, device: torch.device, non_blocking: bool) -> Any:
             return data
         return data.to(device, non_blocking=True) if non_blocking else data.to(device)
     if isinstance(data, (tuple, list)):
-        items = [_move(item, device, non_blocking) for item in data]
-        if type(data) is list:
-            return items
-        if type(data) is tuple:
-            return tuple(items)
-        if isinstance(data, tuple) and hasattr(data, "_fields"):  # a namedtuple takes its fields as arguments
-            return type(data)(*items)
-        return type(data)(items)
+        return rebuild(data, [_move(item, device, non_blocking) for item in data])
     if isinstance(data, torch.Tensor):  # a subclass: a Parameter, another library's tensor type
         return data if data.device == device else data.to(device, non_blocking=non_blocking)
     if callable(getattr(data, "to", None)):
@@ -93,6 +86,18 @@ def _move(data: Any, device: torch.device, non_blocking: bool) -> Any:
     if isinstance(data, Mapping):
         return {key: _move(value, device, non_blocking) for key, value in data.items()}
     return data
+
+
+def rebuild(like: tuple | list, items: list) -> tuple | list:
+    """A container of ``like``'s type holding ``items`` (a new list): a list, a tuple, a namedtuple (which takes its
+    fields as arguments) or another subclass of either."""
+    if type(like) is list:
+        return items
+    if type(like) is tuple:
+        return tuple(items)
+    if isinstance(like, tuple) and hasattr(like, "_fields"):
+        return type(like)(*items)
+    return type(like)(items)
 
 
 def move_optimizer_state(optimizer: torch.optim.Optimizer, device: torch.device) -> None:

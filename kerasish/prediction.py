@@ -25,6 +25,8 @@ from typing import Any
 
 import torch
 
+from kerasish.device import rebuild
+
 PAD_VALUE = -100
 
 _SUPPORTED = "predict concatenates tensors, and tuples, lists and dicts of them (None where every batch gives None)"
@@ -96,7 +98,7 @@ def map_leaves(fn: Callable[[torch.Tensor], Any], outputs: Any) -> Any:
     if isinstance(outputs, Mapping):
         return {key: map_leaves(fn, value) for key, value in outputs.items()}
     if isinstance(outputs, (tuple, list)):
-        return _rebuild(outputs, [map_leaves(fn, value) for value in outputs])
+        return rebuild(outputs, [map_leaves(fn, value) for value in outputs])
     return outputs
 
 
@@ -160,14 +162,7 @@ def _concat_sequences(items: list, path: str, pad_value: float) -> tuple | list:
                 "every batch must give the same number"
             )
     columns = [_concat([item[i] for item in items], f"{path}[{i}]", pad_value) for i in range(length)]
-    return _rebuild(items[0], columns)
-
-
-def _rebuild(like: tuple | list, items: list) -> tuple | list:
-    """A container of ``like``'s type holding ``items``; namedtuples take their fields as arguments."""
-    if isinstance(like, tuple) and hasattr(type(like), "_fields"):
-        return type(like)(*items)
-    return type(like)(items)
+    return rebuild(items[0], columns)
 
 
 def _concat_tensors(tensors: list[torch.Tensor], path: str, pad_value: float) -> torch.Tensor:

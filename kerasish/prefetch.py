@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from kerasish.device import to_device
+from kerasish.device import rebuild, to_device
 
 
 def prefetch(batches: Iterable[Any], device: torch.device) -> Iterator[Any]:
@@ -112,12 +112,7 @@ class _CudaMover(_Mover):
         if isinstance(data, torch.Tensor):
             return self._copy(data, copied)
         if isinstance(data, (tuple, list)):
-            items = [self._move(item, copied) for item in data]
-            if type(data) is tuple:
-                return tuple(items)
-            if isinstance(data, tuple) and hasattr(data, "_fields"):  # a namedtuple takes its fields as arguments
-                return type(data)(*items)
-            return type(data)(items)
+            return rebuild(data, [self._move(item, copied) for item in data])
         if callable(getattr(data, "to", None)):
             return self._move_own(data, copied)
         if isinstance(data, Mapping):
