@@ -184,7 +184,7 @@ class StepRunner:
     def predict_batch(self, batch: Any) -> Any:
         """Runs :meth:`predict` on a batch as the loader yields it: moved to the device, under the precision's
         autocast; reduced-precision float outputs come back as float32."""
-        batch = to_device(batch, self.device)
+        batch = to_device(batch, self.device, non_blocking=self._non_blocking)
         with autocast(self.precision, self.device):
             outputs = self.predict(batch)
         return outputs if self.precision == "32" else map_leaves(_full_precision, outputs)
